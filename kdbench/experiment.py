@@ -320,36 +320,41 @@ class Resolver:
         }
         return {
             "data": data,
-            "teacher": self.resolve_teacher(doc.get("teacher", {}), data) if method_cls.needs_teacher or doc.get("teacher", {}).get("model") else None,
+            "teacher": resolve_teacher(self.registry, doc.get("teacher", {}), data) if doc.get("teacher", {}).get("model") or method_cls.needs_teacher else None,
             "student": student,
             "train": train,
             "method": method,
             "measure": measure,
         }
 
-    def resolve_teacher(self, teacher, data):
-        if not teacher.get("model"):
-            raise ConfigError("the experiment names no teacher model; set [teacher] model = ...")
-        spec = field_defaults(TeacherConfig)
-        options = self.model_options("teachers", teacher["model"])
-        for key, value in teacher.items():
-            if key in spec:
-                spec[key] = value
-            elif key in options:
-                spec[key] = check_type(value, options[key], f"teacher.{key}")
-            else:
-                raise ConfigError(f"teacher model {teacher['model']!r} has no option {key!r}; its options: {', '.join(options) or '(none)'}")
-        spec["train"] = section(TrainConfig, spec["train"], "teacher.train")
-        spec["data"] = section(DataConfig, data | spec["data"], "teacher.data")
-        method_cls = self.registry.get("methods", spec["method"])
-        if method_cls.needs_teacher:
-            raise ConfigError(f"teacher method {spec['method']!r} itself needs a teacher; use one that trains from labels (scratch)")
-        fields = field_defaults(method_cls.Config)
-        for key in spec["method_options"]:
-            if key not in fields:
-                raise ConfigError(f"teacher method {spec['method']!r} has no option {key!r}; valid: {', '.join(sorted(fields))}")
-        spec["method_options"] = fields | spec["method_options"]
-        return spec
+
+def resolve_teacher(registry, teacher, data):
+    """The full teacher spec (TeacherConfig fields, model options, typed sections) from a
+    partial [teacher] table; its data is ``data`` with the teacher's own overrides."""
+    if not teacher.get("model"):
+        raise ConfigError("the experiment names no teacher model; set [teacher] model = ...")
+    from kdbench.registry import option_defaults
+
+    spec = field_defaults(TeacherConfig)
+    options = option_defaults(registry.model_factory("teachers", teacher["model"]))
+    for key, value in teacher.items():
+        if key in spec:
+            spec[key] = value
+        elif key in options:
+            spec[key] = check_type(value, options[key], f"teacher.{key}")
+        else:
+            raise ConfigError(f"teacher model {teacher['model']!r} has no option {key!r}; its options: {', '.join(options) or '(none)'}")
+    spec["train"] = section(TrainConfig, spec["train"], "teacher.train")
+    spec["data"] = section(DataConfig, data | spec["data"], "teacher.data")
+    method_cls = registry.get("methods", spec["method"])
+    if method_cls.needs_teacher:
+        raise ConfigError(f"teacher method {spec['method']!r} itself needs a teacher; use one that trains from labels (scratch)")
+    fields = field_defaults(method_cls.Config)
+    for key in spec["method_options"]:
+        if key not in fields:
+            raise ConfigError(f"teacher method {spec['method']!r} has no option {key!r}; valid: {', '.join(sorted(fields))}")
+    spec["method_options"] = fields | spec["method_options"]
+    return spec
 
 
 def default_of(f):
@@ -415,13 +420,14 @@ def expand(folder, registry, grid=(), sets=(), profile=None, seeds=None, plugin_
     cells, seen = [], set()
     for combo in itertools.product(*choices) if choices else [()]:
         combined = dict(settings)
-        labels = {}
-        for axis, label, assignment in combo:
+        for _, _, assignment in combo:
             combined.update(assignment)
-            labels[axis] = label
         for arm in arms:
             config = resolver.resolve(combined, arm)
-            cell = Cell(doc.get("experiment", {}).get("name", Path(folder).resolve().name), config, {"method": arm} | labels, [str(Path(d).resolve()) for d in plugin_dirs])
+            # label only the axes that change this arm's config (no temperature on scratch)
+            shown = {axis: label for axis, label, assignment in combo
+                     if resolver.resolve({k: v for k, v in combined.items() if k not in assignment} | settings, arm) != config}
+            cell = Cell(doc.get("experiment", {}).get("name", Path(folder).resolve().name), config, {"method": arm} | shown, [str(Path(d).resolve()) for d in plugin_dirs])
             # an axis that does not apply to an arm (a temperature for scratch) gives the same cell
             if cell.id not in seen:
                 seen.add(cell.id)

@@ -1,0 +1,34 @@
+"""The default plugin: built-in datasets, shared architectures and the ``scratch`` baseline,
+registered through the same hooks as any third-party plugin."""
+from kdbench import hookimpl
+
+
+@hookimpl
+def kdbench_register_datasets(register):
+    from kdbench.data import DATASETS
+
+    for name, loader in DATASETS.items():
+        register(name, loader)
+
+
+@hookimpl
+def kdbench_register_teachers(register):
+    from kdbench.zoo import MODELS
+
+    for name, factory in MODELS.items():
+        register(name, factory)
+
+
+@hookimpl
+def kdbench_register_students(register):
+    from kdbench.zoo import MODELS
+
+    for name, factory in MODELS.items():
+        register(name, factory)
+
+
+@hookimpl
+def kdbench_register_methods(register):
+    from kdbench.method import Scratch
+
+    register("scratch", Scratch, description="the student on labels alone (cross-entropy)")

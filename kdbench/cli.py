@@ -1,0 +1,165 @@
+"""The command line: run, list, leaderboard, teachers. Parsing and printing only; the work is
+done by library functions a script could call the same way. Imports nothing heavy at module
+level, so ``python -m kdbench --help`` stays fast."""
+import argparse
+import difflib
+import sys
+from pathlib import Path
+
+from kdbench.errors import ConfigError, KDBenchError
+
+KIND_NAMES = ("datasets", "teachers", "students", "generators", "methods")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="kdbench", description="A plugin-based benchmark harness for knowledge distillation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run an experiment grid from a plugin folder and print its leaderboard")
+    run.add_argument("plugin", help="plugin folder holding plugin.py and kdbench.toml (e.g. plugins/akd)")
+    run.add_argument("--grid", action="append", default=[], metavar="AXIS=V1,V2", help="grid axis or config key and its values (repeatable; cartesian product)")
+    run.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE", help="override a config key, e.g. method.temperature=8 (repeatable)")
+    run.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default: the experiment's)")
+    run.add_argument("--profile", help="named profile of the experiment (default: the file's, usually quick)")
+    run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    run.add_argument("--out", default="runs", help="folder for run records (default ./runs)")
+    run.add_argument("--cache", default="", help="teacher cache folder (default $KDBENCH_CACHE or ~/.cache/kdbench)")
+    run.add_argument("--teacher", default="", metavar="PATH", help="use this teacher checkpoint instead of the cache")
+    run.add_argument("--force", action="store_true", help="redo finished runs")
+    add_plugin_options(run)
+
+    lst = sub.add_parser("list", help="list registered components and the plugin that supplied each")
+    lst.add_argument("kind", nargs="?", help=f"one of {', '.join(KIND_NAMES)} (default: all)")
+    lst.add_argument("--plugin", action="append", default=[], dest="plugin_dirs", metavar="DIR", help="also load this plugin folder")
+    add_plugin_options(lst)
+
+    board = sub.add_parser("leaderboard", help="tables from run records: mean and std over seeds")
+    board.add_argument("dirs", nargs="*", default=["runs"], help="run folders (default ./runs)")
+    board.add_argument("--format", default="md", choices=["md", "csv", "html"])
+    board.add_argument("--sort", help="column to sort by, descending (e.g. top1_best)")
+    board.add_argument("--out", help="write to this file instead of stdout")
+
+    teachers = sub.add_parser("teachers", help="list the teacher cache")
+    teachers.add_argument("--cache", default="", help="cache folder (default $KDBENCH_CACHE or ~/.cache/kdbench)")
+    return parser
+
+
+def add_plugin_options(parser):
+    parser.add_argument("--strict-plugins", action="store_true", help="fail when a plugin cannot be loaded (also KDBENCH_STRICT_PLUGINS=1)")
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "teachers": cmd_teachers}[args.command](args)
+    except KDBenchError as exc:
+        print(f"kdbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        out = getattr(args, "out", None) or "runs"
+        print(f"\nkdbench: interrupted; finished runs are saved in {out}. Rerun the same command to resume.", file=sys.stderr)
+        return 130
+
+
+def check_plugin_folder(folder):
+    path = Path(folder)
+    if path.is_dir():
+        return path
+    parent = path.parent if str(path.parent) else Path(".")
+    siblings = [p.name for p in parent.iterdir() if p.is_dir()] if parent.is_dir() else []
+    close = difflib.get_close_matches(path.name, siblings, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(str(parent / c) for c in close)}?" if close else ""
+    raise ConfigError(f"plugin folder {folder!r} does not exist{hint}")
+
+
+def parse_seeds(text):
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"malformed --seeds {text!r}: expected comma-separated integers like 0,1,2") from None
+    return seeds
+
+
+def cmd_run(args):
+    from kdbench import experiment, leaderboard, runner
+    from kdbench.plugins import load_registry
+
+    folder = check_plugin_folder(args.plugin)
+    seeds = parse_seeds(args.seeds) if args.seeds else None
+    registry = load_registry([folder], strict=args.strict_plugins or None)
+    cells, seeds, profile = experiment.expand(folder, registry, grid=args.grid, sets=args.sets, profile=args.profile, seeds=seeds, plugin_dirs=[folder])
+    print(f"kdbench: {cells[0].experiment} ({profile or 'no'} profile): {len(cells)} cell(s) x {len(seeds)} seed(s) -> {args.out}")
+    options = runner.RunOptions(out=args.out, cache=args.cache, device=args.device, force=args.force,
+                                teacher_path=args.teacher, strict_plugins=args.strict_plugins)
+    runner.registry_for.cache_clear()
+    records, all_ok = runner.run_grid(cells, seeds, options)
+    table = leaderboard.render(records, "md")
+    print("\n" + table)
+    target = Path(args.out) / cells[0].experiment
+    (target / "leaderboard.md").write_text(table)
+    (target / "leaderboard.csv").write_text(leaderboard.render(records, "csv"))
+    print(f"kdbench: leaderboard saved to {target}/leaderboard.md and .csv")
+    if not all_ok:
+        print("kdbench: some runs failed (see above); rerun to retry them", file=sys.stderr)
+    return 0 if all_ok else 1
+
+
+def cmd_list(args):
+    from kdbench.plugins import load_registry
+
+    kinds = KIND_NAMES
+    if args.kind:
+        matches = [k for k in KIND_NAMES if k == args.kind or k == args.kind + "s"]
+        if not matches:
+            from kdbench.errors import did_you_mean
+
+            raise ConfigError(did_you_mean(args.kind, KIND_NAMES, "kind"))
+        kinds = matches
+    registry = load_registry([check_plugin_folder(d) for d in args.plugin_dirs], strict=args.strict_plugins or None)
+    for kind in kinds:
+        print(f"{kind}:")
+        for name in registry.names(kind):
+            entry = registry.tables[kind][name]
+            note = entry.metadata.get("description", "")
+            print(f"  {name:<24} {entry.plugin:<18} {note}".rstrip())
+    return 0
+
+
+def cmd_leaderboard(args):
+    from kdbench import leaderboard, store
+
+    for d in args.dirs:
+        if not Path(d).is_dir():
+            raise ConfigError(f"run folder {d!r} does not exist; pass the --out folder of a run")
+    text = leaderboard.render(list(store.iter_records(args.dirs)), args.format, args.sort)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"kdbench: wrote {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_teachers(args):
+    from kdbench.teachers import META, default_cache_dir
+
+    import json
+
+    root = Path(args.cache).expanduser() if args.cache else default_cache_dir()
+    rows = []
+    for meta_path in sorted((root / "teachers").glob(f"*/{META}")):
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            rows.append([meta_path.parent.name, "?", "?", "?", "unreadable meta.json", ""])
+            continue
+        spec, metrics = meta["spec"], meta.get("trained_metrics", {})
+        score = next((f"{k}={v:.2f}" for k, v in metrics.items() if k.endswith("_best")), "")
+        rows.append([meta["key"], spec["model"], spec["data"]["name"], spec["method"], score, meta.get("created", "")])
+    if not rows:
+        print(f"no cached teachers in {root}")
+        return 0
+    from tabulate import tabulate
+
+    print(tabulate(rows, headers=["key", "model", "dataset", "trained by", "test (best val epoch)", "created"], tablefmt="github"))
+    return 0

@@ -1,0 +1,326 @@
+"""The one training loop: teachers, the scratch baseline and every method run on it.
+
+It owns device placement, seeding, bf16 autocast on CUDA, the progress bar, the NaN/inf guard,
+validation and best-epoch tracking, periodic checkpoints and resuming an interrupted run.
+"""
+import contextlib
+import functools
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kdbench.errors import CheckpointError, NonFiniteLoss
+
+CHECKPOINT = "checkpoint.pt"
+HISTORY = "history.jsonl"
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from kdbench.errors import ConfigError
+
+        raise ConfigError("--device cuda was asked for but torch sees no CUDA device; use --device cpu or auto")
+    return torch.device(name)
+
+
+def autocast(device, enabled):
+    """bf16 autocast on CUDA; a no-op on CPU (CPU bf16 is slower than fp32 for these models)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def freeze(module):
+    module.eval()
+    module.requires_grad_(False)
+    return module
+
+
+class Teacher:
+    """A trained model with what its training method produced alongside it, and its provenance."""
+
+    def __init__(self, model, extras, info):
+        self.model = freeze(model)
+        self.extras = {name: freeze(m) for name, m in extras.items()}
+        self.info = info  # hash, test metrics, params, path
+
+
+class Context:
+    """What a method sees of the engine (documented in kdbench.method)."""
+
+    def __init__(self, *, student, teacher, data, train, seed, device, run_dir, registry, teacher_loader=None):
+        self.device = device
+        self.train = train
+        self.seed = seed
+        self.data = data
+        self.run_dir = Path(run_dir)
+        self.registry = registry
+        self.modules = {}
+        self.optimizers = []
+        self.schedulers = []
+        self.student = self.add_module("student", student)
+        self.teacher = teacher.model if teacher else None
+        self.teacher_extras = teacher.extras if teacher else {}
+        self.teacher_loader = teacher_loader
+
+    def add_module(self, name, module):
+        if name in self.modules:
+            raise ValueError(f"module name {name!r} is already used in this run")
+        module = module.to(self.device)
+        self.modules[name] = module
+        return module
+
+    def optimizer(self, params, **overrides):
+        cfg = dict(self.train) | overrides
+        params = list(params)
+        kind = cfg["optimizer"]
+        if kind == "sgd":
+            opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"], nesterov=cfg["nesterov"])
+        elif kind in ("adam", "adamw"):
+            cls = torch.optim.Adam if kind == "adam" else torch.optim.AdamW
+            opt = cls(params, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
+        else:
+            from kdbench.errors import ConfigError
+
+            raise ConfigError(f"unknown optimizer {kind!r}; valid: sgd, adam, adamw")
+        self.optimizers.append(opt)
+        self.schedulers.append(make_scheduler(opt, cfg))
+        return opt
+
+    def step(self, optimizer, loss):
+        if not torch.isfinite(loss.detach()).all():
+            raise NonFiniteLoss(f"loss became {loss.detach().float().item()} at a training step; lower the learning rate or check the inputs")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.train["grad_clip"] > 0:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.train["grad_clip"])
+        optimizer.step()
+
+    def build_model(self, role, name, **options):
+        return self.registry.build_model(role, name, self.data.info, **options).to(self.device)
+
+    def load_teacher(self, spec):
+        return self.teacher_loader(spec)
+
+    @torch.no_grad()
+    def accuracy(self, model, split):
+        was_training = model.training
+        model.eval()
+        correct1 = correct5 = total = 0
+        with autocast(self.device, self.train["amp"]):
+            for images, labels in self.data.batches(split, self.train["eval_batch_size"]):
+                logits = model(images).float()
+                top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+                hits = top == labels[:, None]
+                correct1 += hits[:, 0].sum().item()
+                correct5 += hits.any(dim=1).sum().item()
+                total += labels.numel()
+        model.train(was_training)
+        return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total}
+
+
+def make_scheduler(opt, cfg):
+    kind = cfg["schedule"]
+    if kind == "none":
+        return None
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["t_max"] or cfg["epochs"], eta_min=cfg["eta_min"])
+    if kind == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg["step_size"], gamma=cfg["gamma"])
+    if kind == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg["milestones"], gamma=cfg["gamma"])
+    from kdbench.errors import ConfigError
+
+    raise ConfigError(f"unknown schedule {kind!r}; valid: none, cosine, step, multistep")
+
+
+def set_train_mode(ctx, training):
+    for module in ctx.modules.values():
+        module.train(training)
+
+
+def is_better(value, best, direction):
+    if best is None:
+        return True
+    return value > best if direction == "max" else value < best
+
+
+def progress(total, desc):
+    from tqdm.auto import tqdm
+
+    quiet = not sys.stderr.isatty() or os.environ.get("KDBENCH_QUIET")
+    return tqdm(total=total, desc=desc, leave=False, disable=bool(quiet), dynamic_ncols=True)
+
+
+@functools.lru_cache(maxsize=8)
+def load_raw(registry, data_json):
+    from kdbench.config import DataConfig
+
+    cfg = DataConfig(**json.loads(data_json))
+    return registry.get("datasets", cfg.name)(cfg)
+
+
+@functools.lru_cache(maxsize=8)
+def load_bundle(registry, data_json, device):
+    """The dataset of ``data_json`` (a DataConfig as JSON) split, subset and on ``device``."""
+    from kdbench.config import DataConfig
+    from kdbench.data import DataBundle
+
+    cfg = DataConfig(**json.loads(data_json))
+    source = {k: v for k, v in json.loads(data_json).items() if k in ("name", "root", "download", "split_seed")}
+    return DataBundle.build(load_raw(registry, json.dumps(source, sort_keys=True)), cfg, device)
+
+
+def load_data(registry, data_cfg, device):
+    return load_bundle(registry, json.dumps(data_cfg, sort_keys=True), device)
+
+
+def prepare(*, registry, role, model_spec, method_name, method_options, data_cfg, train_cfg, seed, device, run_dir, teacher=None, teacher_loader=None):
+    """Seed, build the model (``role``: teachers or students) and its method on the device.
+    Returns (method, ctx), ready for ``train`` or for loading saved module states."""
+    seed_everything(seed)
+    data = load_data(registry, data_cfg, device)
+    options = {k: v for k, v in model_spec.items() if k != "model"}
+    model = registry.build_model(role, model_spec["model"], data.info, **options)
+    ctx = Context(student=model, teacher=teacher, data=data, train=train_cfg, seed=seed, device=device,
+                  run_dir=run_dir, registry=registry, teacher_loader=teacher_loader)
+    method_cls = registry.get("methods", method_name)
+    method = method_cls(method_cls.Config(**method_options), ctx)
+    return method, ctx
+
+
+def train(method, ctx, desc="train"):
+    """Train ``method`` and return a result dict: last and best test metrics, the best epoch
+    (chosen on validation, never on test), training time. Resumes from ``ctx.run_dir`` if a
+    checkpoint is there."""
+    cfg = ctx.train
+    metric, direction = method.selection
+    steps = cfg["steps_per_epoch"] or math.ceil(ctx.data.info["train_size"] / cfg["batch_size"])
+    if not method.uses_data and not cfg["steps_per_epoch"]:
+        from kdbench.errors import ConfigError
+
+        raise ConfigError(f"method {type(method).__name__} is data-free: set train.steps_per_epoch")
+    shuffle = torch.Generator(device="cpu").manual_seed(ctx.seed)
+    state = {"epoch": 0, "best": None, "best_epoch": None, "best_state": None, "history": [], "elapsed": 0.0}
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = ctx.run_dir / CHECKPOINT
+    if checkpoint_path.exists():
+        state = load_checkpoint(checkpoint_path, ctx, method, shuffle)
+
+    bar = progress(cfg["epochs"] * steps, desc)
+    bar.update(state["epoch"] * steps)
+    start = time.perf_counter() - state["elapsed"]
+    for epoch in range(state["epoch"], cfg["epochs"]):
+        set_train_mode(ctx, True)
+        batches = iter_batches(ctx, method, cfg, shuffle)
+        sums = {}
+        for _ in range(steps):
+            with autocast(ctx.device, cfg["amp"]):
+                losses = method.train_step(next(batches))
+            for name, value in losses.items():  # summed on the device: no sync per step
+                sums[name] = sums.get(name, 0.0) + (value.detach().float() if torch.is_tensor(value) else value)
+            bar.update(1)
+        for scheduler in ctx.schedulers:
+            if scheduler is not None:
+                scheduler.step()
+        method.end_epoch(epoch)
+        row = {"epoch": epoch + 1} | {f"train_{k}": float(v) / steps for k, v in sums.items()}
+        last_epoch = epoch + 1 == cfg["epochs"]
+        if (epoch + 1) % cfg["eval_every"] == 0 or last_epoch:
+            set_train_mode(ctx, False)
+            val = method.evaluate("val")
+            row |= {f"val_{k}": v for k, v in val.items()}
+            if is_better(val[metric], state["best"], direction):
+                state |= {"best": val[metric], "best_epoch": epoch + 1, "best_state": cpu_state(ctx.student)}
+        state["history"].append(row)
+        state["epoch"] = epoch + 1
+        state["elapsed"] = time.perf_counter() - start
+        with open(ctx.run_dir / HISTORY, "a") as log:
+            log.write(json.dumps(row) + "\n")
+        if (epoch + 1) % cfg["checkpoint_every"] == 0 and not last_epoch:
+            save_checkpoint(checkpoint_path, ctx, method, shuffle, state)
+    bar.close()
+    method.finish()
+    train_time = time.perf_counter() - start
+
+    set_train_mode(ctx, False)
+    last = method.evaluate("test")
+    last_state = cpu_state(ctx.student)
+    ctx.student.load_state_dict(state["best_state"])
+    best = method.evaluate("test")
+    ctx.student.load_state_dict(last_state)
+    checkpoint_path.unlink(missing_ok=True)  # the run is finished; its record is what counts
+    return {
+        "metrics": {f"{k}_last": v for k, v in last.items()} | {f"{k}_best": v for k, v in best.items()},
+        "selection": {"metric": metric, "direction": direction, "best_epoch": state["best_epoch"], "val_best": state["best"]},
+        "train_time_s": train_time,
+        "epochs": cfg["epochs"],
+        "steps_per_epoch": steps,
+        "best_state": state["best_state"],
+    }
+
+
+def iter_batches(ctx, method, cfg, shuffle):
+    if not method.uses_data:
+        while True:
+            yield None
+    while True:  # cycles when steps_per_epoch asks for more than one pass
+        yield from ctx.data.batches("train", cfg["batch_size"], shuffle=True, augment=True, generator=shuffle)
+
+
+def cpu_state(module):
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def save_checkpoint(path, ctx, method, shuffle, state):
+    payload = {
+        "modules": {name: m.state_dict() for name, m in ctx.modules.items()},
+        "optimizers": [opt.state_dict() for opt in ctx.optimizers],
+        "schedulers": [s.state_dict() if s else None for s in ctx.schedulers],
+        "method": method.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state(), "cuda": torch.cuda.get_rng_state_all() if ctx.device.type == "cuda" else []},
+        "state": state,
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, ctx, method, shuffle):
+    try:
+        payload = torch.load(path, map_location=ctx.device, weights_only=True)
+        for name, module in ctx.modules.items():
+            module.load_state_dict(payload["modules"][name])
+        for opt, saved in zip(ctx.optimizers, payload["optimizers"], strict=True):
+            opt.load_state_dict(saved)
+        for sched, saved in zip(ctx.schedulers, payload["schedulers"], strict=True):
+            if sched is not None:
+                sched.load_state_dict(saved)
+        method.load_state_dict(payload["method"])
+        torch.set_rng_state(payload["rng"]["torch"].cpu())
+        shuffle.set_state(payload["rng"]["shuffle"].cpu())
+        if payload["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all([s.cpu() for s in payload["rng"]["cuda"]])
+    except Exception as exc:
+        path.unlink(missing_ok=True)
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); it was removed, rerun to start this run afresh") from None
+    state = payload["state"]
+    if state["best_state"] is not None:
+        state["best_state"] = {k: v.cpu() for k, v in state["best_state"].items()}
+    return state

@@ -1,0 +1,14 @@
+"""Executors run jobs and hand their records back to the driver, which writes them.
+
+An executor has one method, ``map(fn, jobs)``, yielding ``(job, fn(job))`` as jobs finish.
+Jobs and records are plain picklable data, so a cluster executor (Ray, SLURM) only has to
+ship them; the driver alone touches the run folders' records.
+"""
+
+
+class LocalExecutor:
+    """Runs jobs one after another in this process (teachers and data are loaded once)."""
+
+    def map(self, fn, jobs):
+        for job in jobs:
+            yield job, fn(job)

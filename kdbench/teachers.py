@@ -1,0 +1,174 @@
+"""The content-addressed teacher cache.
+
+A teacher's key hashes everything that shapes it: model and options, the method that trains
+it and its options, its training and data settings, its seed, and the cache format version. A
+missing teacher is trained once (under a file lock, so parallel cells wait instead of training
+it twice) and shared by every cell and later run. On load the file's checksum is verified (a
+corrupt file is reported and retrained) and the teacher is measured on the test set, so every
+row records the accuracy of the teacher it really used.
+"""
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from kdbench import engine
+from kdbench.errors import CheckpointError
+from kdbench.experiment import config_hash, resolve_teacher
+from kdbench import measure
+from kdbench.config import MeasureConfig
+from kdbench.measure import count_params
+
+CACHE_VERSION = 1
+WEIGHTS = "teacher.pt"
+META = "meta.json"
+
+
+def default_cache_dir():
+    return Path(os.environ.get("KDBENCH_CACHE", "~/.cache/kdbench")).expanduser()
+
+
+def sha256_file(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def teacher_key(spec):
+    shaping = {k: v for k, v in spec.items() if k != "path"}
+    return config_hash({"version": CACHE_VERSION, "teacher": shaping})[:16]
+
+
+@contextmanager
+def file_lock(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class TeacherCache:
+    def __init__(self, root, registry, device, warn=None):
+        self.root = Path(root).expanduser() / "teachers"
+        self.registry = registry
+        self.device = device
+        self.warn = warn or (lambda msg: print(f"kdbench: {msg}", file=sys.stderr))
+        self.loaded = {}  # key -> Teacher, so a process verifies each teacher once
+
+    def get(self, spec):
+        """The trained teacher for a full spec (see experiment.resolve_teacher)."""
+        if spec.get("path"):
+            return self.load_external(spec)
+        key = teacher_key(spec)
+        if key not in self.loaded:
+            folder = self.root / key
+            with file_lock(folder.with_suffix(".lock")):
+                teacher = self.load_cached(spec, folder) or self.train(spec, folder)
+            self.loaded[key] = teacher
+        return self.loaded[key]
+
+    def get_partial(self, data_cfg):
+        """``ctx.load_teacher``: a teacher from a partial spec, on the run's data by default."""
+        return lambda partial: self.get(resolve_teacher(self.registry, partial, data_cfg))
+
+    def prepare(self, spec, run_dir):
+        return engine.prepare(
+            registry=self.registry, role="teachers", model_spec={"model": spec["model"]} | model_options(spec),
+            method_name=spec["method"], method_options=spec["method_options"], data_cfg=spec["data"],
+            train_cfg=spec["train"], seed=spec["seed"], device=self.device, run_dir=run_dir,
+            teacher_loader=self.get_partial(spec["data"]),
+        )
+
+    def train(self, spec, folder):
+        self.warn(f"training teacher {spec['model']} ({teacher_key(spec)}); it is cached for later runs in {folder}")
+        method, ctx = self.prepare(spec, folder / "work")
+        result = engine.train(method, ctx, desc=f"teacher {spec['model']}")
+        extras = {name: m for name, m in ctx.modules.items() if name != "student"}
+        modules = {"model": result["best_state"]} | {name: engine.cpu_state(m) for name, m in extras.items()}
+        tmp = folder / (WEIGHTS + ".tmp")
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save({"modules": modules}, tmp)
+        os.replace(tmp, folder / WEIGHTS)
+        meta = {
+            "key": teacher_key(spec), "spec": spec, "sha256": sha256_file(folder / WEIGHTS),
+            "trained_metrics": result["metrics"], "selection": result["selection"],
+            "train_time_s": result["train_time_s"], "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "torch": torch.__version__, "device": str(self.device),
+        }
+        write_json_atomic(folder / META, meta)
+        shutil.rmtree(folder / "work", ignore_errors=True)
+        return self.load_cached(spec, folder)
+
+    def load_cached(self, spec, folder):
+        weights, meta_path = folder / WEIGHTS, folder / META
+        if not weights.exists() or not meta_path.exists():
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            if sha256_file(weights) != meta["sha256"]:
+                raise CheckpointError("checksum mismatch")
+            modules = torch.load(weights, map_location="cpu", weights_only=True)["modules"]
+            return self.restore(spec, modules, meta["sha256"], str(weights), folder / "eval")
+        except Exception as exc:
+            self.warn(f"cached teacher {folder} is corrupt ({type(exc).__name__}: {exc}); retraining it")
+            weights.unlink(missing_ok=True)
+            meta_path.unlink(missing_ok=True)
+            return None
+
+    def load_external(self, spec):
+        path = Path(spec["path"]).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"--teacher {path}: no such file")
+        digest = sha256_file(path)
+        if digest not in self.loaded:
+            try:
+                saved = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:
+                raise CheckpointError(f"--teacher {path} is not a readable torch checkpoint ({type(exc).__name__}); pass a state_dict saved with torch.save") from None
+            modules = saved["modules"] if isinstance(saved, dict) and "modules" in saved else {"model": saved}
+            try:
+                self.loaded[digest] = self.restore(spec, modules, digest, str(path), self.root / "external" / digest[:16])
+            except RuntimeError as exc:
+                raise CheckpointError(f"--teacher {path} does not fit teacher model {spec['model']!r}: {str(exc).splitlines()[0]}") from None
+        return self.loaded[digest]
+
+    def restore(self, spec, modules, digest, path, run_dir):
+        """Rebuild the teacher (and its method's extra modules), load the weights, measure it."""
+        method, ctx = self.prepare(spec, run_dir)
+        ctx.student.load_state_dict(modules["model"])
+        for name, module in ctx.modules.items():
+            if name != "student":
+                module.load_state_dict(modules[name])
+        engine.set_train_mode(ctx, False)
+        info = {
+            "hash": digest[:16], "path": path, "model": spec["model"], "params": count_params(ctx.student),
+            "metrics": method.evaluate("test"), "method": spec["method"],
+            "speed": measure.speed(ctx.student, method.example_input, self.device, spec["train"]["amp"], MeasureConfig().__dict__),
+        }
+        return engine.Teacher(ctx.student, {n: m for n, m in ctx.modules.items() if n != "student"}, info)
+
+
+def model_options(spec):
+    from kdbench.config import TeacherConfig
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(TeacherConfig)}
+    return {k: v for k, v in spec.items() if k not in fields}
+
+
+def write_json_atomic(path, payload):
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
