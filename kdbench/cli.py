@@ -3,6 +3,7 @@ done by library functions a script could call the same way. Imports nothing heav
 level, so ``python -m kdbench --help`` stays fast."""
 import argparse
 import difflib
+import os
 import sys
 from pathlib import Path
 
@@ -50,6 +51,9 @@ def add_plugin_options(parser):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    # Before torch loads OpenMP: on a shared machine the default spin-wait makes two threads
+    # many times slower than one; passive waiting costs little when the machine is quiet.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         return {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "teachers": cmd_teachers}[args.command](args)
     except KDBenchError as exc:

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class DataConfig:
-    name: str = "synthetic"
+    name: str = "fashion-mnist"
     root: str = "~/.cache/kdbench/data"  # torchvision root for datasets that download
     download: bool = False  # allow torchvision downloads (needs internet)
     val_size: int = 5000  # carved from the training split; checkpoints are selected on it

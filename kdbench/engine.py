@@ -222,6 +222,9 @@ def train(method, ctx, desc="train"):
     checkpoint_path = ctx.run_dir / CHECKPOINT
     if checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path, ctx, method, shuffle)
+        print(f"kdbench: resuming {ctx.run_dir} after epoch {state['epoch']}", file=sys.stderr)
+    # the curve log restarts from what the checkpoint holds (no epochs logged twice)
+    (ctx.run_dir / HISTORY).write_text("".join(json.dumps(row) + "\n" for row in state["history"]))
 
     bar = progress(cfg["epochs"] * steps, desc)
     bar.update(state["epoch"] * steps)
@@ -319,7 +322,7 @@ def load_checkpoint(path, ctx, method, shuffle):
             torch.cuda.set_rng_state_all([s.cpu() for s in payload["rng"]["cuda"]])
     except Exception as exc:
         path.unlink(missing_ok=True)
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); it was removed, rerun to start this run afresh") from None
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); it was removed") from None
     state = payload["state"]
     if state["best_state"] is not None:
         state["best_state"] = {k: v.cpu() for k, v in state["best_state"].items()}

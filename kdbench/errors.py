@@ -31,6 +31,6 @@ def did_you_mean(name, choices, what):
 
     choices = sorted(choices)
     close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
     listing = ", ".join(choices) if choices else "(none registered)"
-    return f"unknown {what} {name!r}{hint} Valid: {listing}"
+    return f"unknown {what} {name!r}{hint}; valid: {listing}"

@@ -152,7 +152,7 @@ def render(records, fmt_name="md", sort=None):
     if table.empty:
         return "(no finished runs)\n"
     if fmt_name == "csv":
-        return table.drop(columns=["student_config"]).to_csv(index=False)
+        return table.drop(columns=["student_config", "seed"], errors="ignore").to_csv(index=False)
     shown = display_frame(table)
     if fmt_name == "html":
         return shown.to_html(index=False)

@@ -4,8 +4,8 @@ Three ways in, in this order: the built-in default plugin (datasets, architectur
 ``scratch`` baseline), installed distributions that declare the ``kdbench`` entry-point group,
 and plugin folders named on the command line (a folder holding ``plugin.py``).
 """
+import hashlib
 import importlib
-import importlib.util
 import os
 import sys
 import types
@@ -83,6 +83,9 @@ def import_plugin_folder(folder):
         root.__path__ = []
         sys.modules[PATH_PACKAGE] = root
     package_name = f"{PATH_PACKAGE}.{folder.name.replace('-', '_')}"
+    existing = sys.modules.get(package_name)
+    if existing is not None and list(existing.__path__) != [str(folder)]:  # same name, other folder
+        package_name += "_" + hashlib.sha256(str(folder).encode()).hexdigest()[:8]
     module_name = f"{package_name}.plugin"
     if module_name in sys.modules:
         return sys.modules[module_name]

@@ -5,6 +5,7 @@ the executor returns; a failed job is recorded with its error and the grid goes 
 """
 import dataclasses
 import functools
+import json
 import platform
 import socket
 import sys
@@ -13,7 +14,7 @@ import traceback
 from pathlib import Path
 
 from kdbench import store
-from kdbench.errors import KDBenchError
+from kdbench.errors import CheckpointError, KDBenchError
 
 
 @dataclasses.dataclass
@@ -125,18 +126,31 @@ def train_and_measure(job):
     if teacher_spec is not None and options.teacher_path:
         teacher_spec = teacher_spec | {"path": options.teacher_path}
     teacher = cache.get(teacher_spec) if method_cls.needs_teacher else None
-    method, ctx = engine.prepare(
+    prepare = functools.partial(
+        engine.prepare,
         registry=registry, role="students", model_spec=config["student"], method_name=cell.method,
         method_options={k: v for k, v in config["method"].items() if k != "name"}, data_cfg=config["data"],
         train_cfg=config["train"], seed=job.seed, device=device, run_dir=job.folder, teacher=teacher,
         teacher_loader=cache.get_partial(config["data"]),
     )
-    result = engine.train(method, ctx, desc=cell.name)
+    method, ctx = prepare()
+    try:
+        result = engine.train(method, ctx, desc=cell.name)
+    except CheckpointError as exc:  # an unreadable resume checkpoint: it is gone, start afresh
+        print(f"kdbench: {exc}; starting {cell.name} seed {job.seed} afresh", file=sys.stderr)
+        method, ctx = prepare()
+        result = engine.train(method, ctx, desc=cell.name)
     params = measure.count_params(ctx.student)
     teacher_info = teacher.info if teacher else None
     if teacher_info is None and teacher_spec is not None:  # scratch rows still show the size ratio
         teacher_info = {"model": teacher_spec["model"], "params": teacher_params(registry, teacher_spec, ctx.data.info)}
     speed = measure.speed(ctx.student, method.example_input, device, config["train"]["amp"], config["measure"])
+    if teacher is not None:  # timed like the student, so the two speeds compare
+        key = ("speed", json.dumps(config["measure"], sort_keys=True))
+        if key not in teacher.info:
+            teacher.info[key] = measure.speed(teacher.model, method.example_input, device, config["train"]["amp"], config["measure"])
+        teacher_info = teacher_info | {"speed": teacher.info[key]}
+        teacher_info = {k: v for k, v in teacher_info.items() if not isinstance(k, tuple)}
     return {
         "metrics": result["metrics"],
         "selection": result["selection"],

@@ -22,8 +22,6 @@ import torch
 from kdbench import engine
 from kdbench.errors import CheckpointError
 from kdbench.experiment import config_hash, resolve_teacher
-from kdbench import measure
-from kdbench.config import MeasureConfig
 from kdbench.measure import count_params
 
 CACHE_VERSION = 1
@@ -155,7 +153,6 @@ class TeacherCache:
         info = {
             "hash": digest[:16], "path": path, "model": spec["model"], "params": count_params(ctx.student),
             "metrics": method.evaluate("test"), "method": spec["method"],
-            "speed": measure.speed(ctx.student, method.example_input, self.device, spec["train"]["amp"], MeasureConfig().__dict__),
         }
         return engine.Teacher(ctx.student, {n: m for n, m in ctx.modules.items() if n != "student"}, info)
 

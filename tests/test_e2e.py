@@ -1,0 +1,95 @@
+"""End to end: a third-party method plugin written to a temporary folder, nothing installed,
+a 2x2 grid with 2 seeds on synthetic data, then the leaderboard; resuming an interrupted grid."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from conftest import REPO, THIRD_PARTY_PLUGIN, write_plugin
+
+
+def test_plugin_is_short():
+    assert len(THIRD_PARTY_PLUGIN.strip().splitlines()) < 60
+
+
+def test_third_party_grid_end_to_end(plugin_dir, cli, tmp_path):
+    code, out, err = cli("run", str(plugin_dir), "--grid", "temperature=2,8", "--grid", "size=small,big")
+    assert code == 0, err
+    # 2 sizes x (scratch + 2 temperatures) = 6 cells; temperature does not split scratch
+    records = [json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("record.json")]
+    assert len(records) == 6 * 2
+    assert all(r["status"] == "ok" for r in records)
+    scratch = [r for r in records if r["method"] == "scratch"]
+    assert {tuple(sorted(r["labels"])) for r in scratch} == {("method", "size")}
+    record = next(r for r in records if r["method"] == "soft-kd")
+    for key in ("teacher", "config", "seed", "provenance", "speed", "train_time_s", "precision"):
+        assert record[key] is not None, key
+    assert record["teacher"]["metrics"]["top1"] > 50  # the synthetic data is learnable
+    assert record["provenance"]["torch"] and record["speed"]["throughput_batch"] == 32
+    assert {"top1_last", "top1_best", "top5_last", "top5_best"} <= set(record["metrics"])
+    history = [json.loads(l) for l in (Path(record["run_dir"]) / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2] and "val_top1" in history[0] and "train_kd" in history[0]
+
+    board = (tmp_path / "runs" / "softkd" / "leaderboard.md").read_text()
+    assert "teacher" in board and "soft-kd" in board and "temperature=8 size=big" in board
+    assert "top1 best ↑" in board and "±" in board
+
+    code, out, _ = cli("leaderboard", str(tmp_path / "runs"), "--format", "csv", "--out", str(tmp_path / "b.csv"))
+    assert code == 0
+    table = pd.read_csv(tmp_path / "b.csv")
+    kd_big = table[(table["method"] == "soft-kd") & (table["setting"] == "temperature=8 size=big")].iloc[0]
+    seeds = [r["metrics"]["top1_best"] for r in records if r["method"] == "soft-kd" and r["labels"] == {"method": "soft-kd", "temperature": "8", "size": "big"}]
+    assert kd_big["seeds"] == 2 and abs(kd_big["top1_best_mean"] - sum(seeds) / 2) < 1e-9
+    scratch_big = table[(table["method"] == "scratch") & (table["setting"] == "size=big")].iloc[0]
+    assert abs(kd_big["gain_vs_scratch"] - (kd_big["top1_best_mean"] - scratch_big["top1_best_mean"])) < 1e-9
+    assert (table["method"] == "teacher").sum() == 1
+
+    # a rerun reuses every finished record and trains nothing
+    code, out, _ = cli("run", str(plugin_dir), "--grid", "temperature=2,8", "--grid", "size=small,big")
+    assert code == 0 and "12 finished run(s) reused" in out
+
+
+def test_ctrl_c_then_rerun_resumes(tmp_path):
+    folder = write_plugin(tmp_path / "softkd")
+    env = dict(os.environ, PYTHONPATH=str(REPO), KDBENCH_QUIET="1")
+    command = [sys.executable, "-m", "kdbench", "run", str(folder), "--grid", "temperature=2,4,8", "--seeds", "0",
+               "--set", "train.epochs=4", "--out", str(tmp_path / "runs"), "--cache", str(tmp_path / "cache")]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not list((tmp_path / "runs").rglob("record.json")):  # wait for the first finished run
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate()
+    assert proc.returncode == 130 and "Rerun the same command to resume" in err
+    finished = len(list((tmp_path / "runs").rglob("record.json")))
+    assert 1 <= finished < 4
+
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"{finished} finished run(s) reused" in done.stdout
+    assert len(list((tmp_path / "runs").rglob("record.json"))) == 4
+
+
+def test_killed_run_resumes_from_its_checkpoint(tmp_path):
+    folder = write_plugin(tmp_path / "softkd")
+    env = dict(os.environ, PYTHONPATH=str(REPO), KDBENCH_QUIET="1")
+    command = [sys.executable, "-m", "kdbench", "run", str(folder), "--grid", "method=scratch", "--seeds", "0",
+               "--set", "train.epochs=30", "--out", str(tmp_path / "runs"), "--cache", str(tmp_path / "cache")]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not list((tmp_path / "runs").rglob("checkpoint.pt")):
+        assert proc.poll() is None
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    history = next((tmp_path / "runs").rglob("history.jsonl"))
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "resuming" in done.stderr and "after epoch" in done.stderr
+    epochs = [json.loads(l)["epoch"] for l in history.read_text().splitlines()]
+    assert epochs == list(range(1, 31))  # resumed: every epoch logged once
+    assert not list((tmp_path / "runs").rglob("checkpoint.pt"))  # removed once the run finished

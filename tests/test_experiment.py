@@ -1,0 +1,96 @@
+"""Experiment files, profiles, --set and --grid: typing, expansion and the one-line errors."""
+import pytest
+
+from conftest import THIRD_PARTY_TOML, write_plugin
+from kdbench.errors import ConfigError
+from kdbench.experiment import expand, parse_value
+from kdbench.plugins import load_registry
+
+
+@pytest.fixture
+def setup(plugin_dir):
+    return plugin_dir, load_registry([plugin_dir])
+
+
+def test_parse_value_types():
+    assert parse_value("true", False, "k") is True and parse_value("0", True, "k") is False
+    assert parse_value("3", 1, "k") == 3 and parse_value("0.5", 1.0, "k") == 0.5 and parse_value("4", 1.0, "k") == 4.0
+    assert parse_value("crop+hflip", [], "k") == ["crop", "hflip"] and parse_value("none", ["a"], "k") == []
+    assert parse_value("100+150", [30], "k") == [100, 150]
+    with pytest.raises(ConfigError, match=r"train.epochs='x' is not a valid int"):
+        parse_value("x", 1, "train.epochs")
+    with pytest.raises(ConfigError, match="not a valid bool"):
+        parse_value("maybe", False, "k")
+
+
+def test_expansion_product_dedupe_and_labels(setup):
+    folder, registry = setup
+    cells, seeds, profile = expand(folder, registry, grid=["temperature=2,8", "size=small,big"])
+    assert profile == "quick" and seeds == [0, 1]
+    assert len(cells) == 6  # scratch is not split by the temperature axis
+    assert len({c.id for c in cells}) == 6
+    kd = [c for c in cells if c.method == "soft-kd"]
+    assert sorted((c.config["method"]["temperature"], c.config["student"]["hidden"]) for c in kd) == [(2.0, 8), (2.0, 32), (8.0, 8), (8.0, 32)]
+    assert all("temperature" not in c.labels for c in cells if c.method == "scratch")
+    assert all(c.config["train"]["epochs"] == 2 for c in cells)
+
+
+def test_set_profile_seeds_and_config_key_axes(setup):
+    folder, registry = setup
+    cells, seeds, _ = expand(folder, registry, grid=["train.lr=0.1,0.01", "method=soft-kd"],
+                             sets=["method.alpha=0.25", "data.augment=hflip+vflip"], profile="longer", seeds=[3])
+    assert seeds == [3] and len(cells) == 2
+    assert {c.config["train"]["lr"] for c in cells} == {0.1, 0.01}
+    assert all(c.config["method"] == {"name": "soft-kd", "temperature": 4.0, "alpha": 0.25} for c in cells)
+    assert all(c.config["data"]["augment"] == ["hflip", "vflip"] and c.config["train"]["epochs"] == 3 for c in cells)
+    assert cells[0].config["teacher"]["c1"] == 8 and cells[0].config["teacher"]["train"]["epochs"] == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    ({"grid": ["temperature="]}, "the value after '=' is missing"),
+    ({"grid": ["=50"]}, "the key before '=' is missing"),
+    ({"grid": ["temperature=2,,8"]}, "empty value in the list"),
+    ({"grid": ["temprature=2"]}, "unknown grid axis 'temprature' (did you mean 'temperature'?)"),
+    ({"grid": ["size=huge"]}, "unknown value 'huge' for axis 'size'; valid: small, big"),
+    ({"grid": ["method=softkd"]}, "did you mean 'soft-kd'"),
+    ({"sets": ["train.epochs=two"]}, "train.epochs='two' is not a valid int"),
+    ({"sets": ["train.epoch=2"]}, "unknown key 'train.epoch'"),
+    ({"sets": ["method.temp=2"]}, "no method of this experiment has option 'temp'; valid: alpha, temperature"),
+    ({"sets": ["student.width=2"]}, "valid student keys: hidden, model"),
+    ({"sets": ["teacher.depth=2"]}, "unknown key 'teacher.depth'"),
+    ({"sets": ["lr"]}, "expected KEY=VALUE"),
+    ({"profile": "paper"}, "unknown profile 'paper'"),
+])
+def test_bad_grid_and_set_are_rejected_before_training(setup, args, message):
+    folder, registry = setup
+    with pytest.raises(ConfigError) as info:
+        expand(folder, registry, **args)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_names_in_the_file(tmp_path):
+    registry = load_registry([])
+    for old, new, message in [
+        ('methods = ["scratch", "soft-kd"]', 'methods = ["scratch", "sof-kd"]', "unknown method 'sof-kd'"),
+        ('model = "linear-student"', 'model = "linear-studnt"', "unknown student model 'linear-studnt' (did you mean 'linear-student'?)"),
+        ('model = "small-cnn"', 'model = "smal-cnn"', "did you mean 'small-cnn'"),
+    ]:
+        folder = write_plugin(tmp_path / new.split('"')[1], toml=THIRD_PARTY_TOML.replace(old, new))
+        reg = load_registry([folder])
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
+            cells, _, _ = expand(folder, reg)
+    assert "soft-kd" not in registry.names("methods")  # plugins loaded per registry, not globally
+
+
+def test_toml_syntax_error_and_unknown_key_name_file_and_line(tmp_path):
+    registry = load_registry([])
+    broken = write_plugin(tmp_path / "broken", toml=THIRD_PARTY_TOML.replace('name = "softkd"', 'name = "softkd'))
+    with pytest.raises(ConfigError, match=r"kdbench.toml: TOML syntax error: .*line 3"):
+        expand(broken, registry)
+    unknown = write_plugin(tmp_path / "unknown", toml=THIRD_PARTY_TOML.replace("lr = 0.002", "learning_rate = 0.002"))
+    with pytest.raises(ConfigError) as info:
+        expand(unknown, load_registry([unknown]))
+    line = THIRD_PARTY_TOML.replace("lr = 0.002", "learning_rate = 0.002").splitlines().index("learning_rate = 0.002") + 1
+    assert f"kdbench.toml:{line}: unknown key 'learning_rate' in [train]" in str(info.value)
+    assert "lr" in str(info.value)
