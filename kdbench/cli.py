@@ -85,17 +85,17 @@ def parse_seeds(text):
 
 
 def cmd_run(args):
-    from kdbench import experiment, leaderboard, runner
-    from kdbench.plugins import load_registry
+    from kdbench import engine, experiment, leaderboard, runner
 
-    folder = check_plugin_folder(args.plugin)
+    folder = check_plugin_folder(args.plugin).resolve()
     seeds = parse_seeds(args.seeds) if args.seeds else None
-    registry = load_registry([folder], strict=args.strict_plugins or None)
+    runner.registry_for.cache_clear()  # a fresh registry, so each run verifies its teachers anew
+    registry = runner.registry_for((str(folder),), args.strict_plugins)
     cells, seeds, profile = experiment.expand(folder, registry, grid=args.grid, sets=args.sets, profile=args.profile, seeds=seeds, plugin_dirs=[folder])
+    engine.check_data(registry, cells)
     print(f"kdbench: {cells[0].experiment} ({profile or 'no'} profile): {len(cells)} cell(s) x {len(seeds)} seed(s) -> {args.out}")
     options = runner.RunOptions(out=args.out, cache=args.cache, device=args.device, force=args.force,
                                 teacher_path=args.teacher, strict_plugins=args.strict_plugins)
-    runner.registry_for.cache_clear()
     records, all_ok = runner.run_grid(cells, seeds, options)
     table = leaderboard.render(records, "md")
     print("\n" + table)

@@ -19,6 +19,7 @@ import torch
 from kdbench.errors import CheckpointError, NonFiniteLoss
 
 CHECKPOINT = "checkpoint.pt"
+DATA_SOURCE_KEYS = ("name", "root", "download", "split_seed")  # what the raw arrays depend on
 HISTORY = "history.jsonl"
 
 
@@ -183,12 +184,21 @@ def load_bundle(registry, data_json, device):
     from kdbench.data import DataBundle
 
     cfg = DataConfig(**json.loads(data_json))
-    source = {k: v for k, v in json.loads(data_json).items() if k in ("name", "root", "download", "split_seed")}
+    source = {k: v for k, v in json.loads(data_json).items() if k in DATA_SOURCE_KEYS}
     return DataBundle.build(load_raw(registry, json.dumps(source, sort_keys=True)), cfg, device)
 
 
 def load_data(registry, data_cfg, device):
     return load_bundle(registry, json.dumps(data_cfg, sort_keys=True), device)
+
+
+def check_data(registry, cells):
+    """Load every dataset a grid uses once, so a missing one stops it before any training."""
+    for cell in cells:
+        for cfg in (cell.config["data"], (cell.config["teacher"] or {}).get("data")):
+            if cfg:
+                source = {k: v for k, v in cfg.items() if k in DATA_SOURCE_KEYS}
+                load_raw(registry, json.dumps(source, sort_keys=True))
 
 
 def prepare(*, registry, role, model_spec, method_name, method_options, data_cfg, train_cfg, seed, device, run_dir, teacher=None, teacher_loader=None):

@@ -63,7 +63,7 @@ def load_registry(plugin_dirs=(), strict=None, warn=None):
     registry = Registry()
     for kind in KINDS:
         caller = getattr(pm.hook, f"kdbench_register_{kind}")
-        for impl in reversed(caller.get_hookimpls()):  # pluggy lists last-registered first
+        for impl in caller.get_hookimpls():  # in registration order: built-ins first
             try:
                 impl.function(register=registry.register_callback(kind, impl.plugin_name))
             except PluginError:

@@ -1,0 +1,78 @@
+"""The teacher cache: trained once and shared, verified on load, corrupt files retrained,
+bring-your-own checkpoints, weights_only loading."""
+import json
+
+import torch
+
+from kdbench.zoo import MODELS
+
+GRID = ("--grid", "method=soft-kd", "--grid", "temperature=2,4", "--seeds", "0", "--set", "train.epochs=1")
+
+
+class Evil:  # weights_only=True refuses arbitrary pickled objects
+    pass
+
+
+def cached_files(tmp_path):
+    return sorted((tmp_path / "cache" / "teachers").glob("*/teacher.pt"))
+
+
+def records(tmp_path):
+    return [json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("record.json")]
+
+
+def test_teacher_is_trained_once_and_reused(plugin_dir, cli, tmp_path):
+    code, _, err = cli("run", str(plugin_dir), *GRID)
+    assert code == 0, err
+    assert err.count("training teacher small-cnn") == 1
+    [weights] = cached_files(tmp_path)
+    rows = records(tmp_path)
+    assert len(rows) == 2 and len({r["teacher"]["hash"] for r in rows}) == 1
+    assert all(r["teacher"]["metrics"]["top1"] > 50 for r in rows)
+
+    code, _, err = cli("run", str(plugin_dir), *GRID, "--force")
+    assert code == 0 and "training teacher" not in err  # from the cache
+    code, out, _ = cli("teachers", "--cache", str(tmp_path / "cache"))
+    assert code == 0 and weights.parent.name in out and "small-cnn" in out and "synthetic" in out
+
+    # anything that shapes the teacher gives another key
+    code, _, err = cli("run", str(plugin_dir), *GRID, "--set", "teacher.train.lr=0.001")
+    assert code == 0 and "training teacher" in err and len(cached_files(tmp_path)) == 2
+
+
+def test_corrupt_or_truncated_teacher_is_reported_and_retrained(plugin_dir, cli, tmp_path):
+    assert cli("run", str(plugin_dir), *GRID)[0] == 0
+    [weights] = cached_files(tmp_path)
+    original = json.loads((weights.parent / "meta.json").read_text())["trained_metrics"]
+    for damage in (lambda b: b[: len(b) // 2], lambda b: b[:100] + bytes(50) + b[150:]):
+        weights.write_bytes(damage(weights.read_bytes()))
+        code, _, err = cli("run", str(plugin_dir), *GRID, "--force")
+        assert code == 0
+        assert "is corrupt (CheckpointError: checksum mismatch); retraining it" in err and "training teacher" in err
+        retrained = json.loads((weights.parent / "meta.json").read_text())["trained_metrics"]
+        assert retrained == original  # same key, same seed: the same teacher again
+
+
+def test_bring_your_own_teacher(plugin_dir, cli, tmp_path):
+    model = MODELS["small-cnn"](num_classes=10, in_channels=1, image_size=16, c1=8, c2=16, hidden=32)
+    path = tmp_path / "mine.pt"
+    torch.save(model.state_dict(), path)
+    code, _, err = cli("run", str(plugin_dir), *GRID, "--teacher", str(path))
+    assert code == 0, err
+    assert "training teacher" not in err and not cached_files(tmp_path)
+    rows = records(tmp_path)
+    assert all(r["teacher"]["path"] == str(path) for r in rows)
+    assert all(r["teacher"]["metrics"]["top1"] < 40 for r in rows)  # an untrained teacher, measured as such
+
+
+def test_bad_external_teachers_fail_their_cells_with_one_line(plugin_dir, cli, tmp_path):
+    wrong = tmp_path / "wrong.pt"
+    torch.save(MODELS["mlp"](num_classes=10, in_channels=1, image_size=16).state_dict(), wrong)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": Evil()}, evil)
+    for path, message in [(wrong, "does not fit teacher model 'small-cnn'"), (garbage, "is not a readable torch checkpoint"),
+                          (evil, "is not a readable torch checkpoint"), (tmp_path / "absent.pt", "no such file")]:
+        code, out, _ = cli("run", str(plugin_dir), *GRID, "--teacher", str(path), "--force")
+        assert code == 1 and message in out and "FAILED: CheckpointError" in out
