@@ -39,6 +39,7 @@ def build_parser():
     board.add_argument("--format", default="md", choices=["md", "csv", "html"])
     board.add_argument("--sort", help="column to sort by, descending (e.g. top1_best)")
     board.add_argument("--out", help="write to this file instead of stdout")
+    board.add_argument("--plot", metavar="PNG", help="also save accuracy (or the method's metric) against parameters (needs matplotlib)")
 
     teachers = sub.add_parser("teachers", help="list the teacher cache")
     teachers.add_argument("--cache", default="", help="cache folder (default $KDBENCH_CACHE or ~/.cache/kdbench)")
@@ -135,7 +136,11 @@ def cmd_leaderboard(args):
     for d in args.dirs:
         if not Path(d).is_dir():
             raise ConfigError(f"run folder {d!r} does not exist; pass the --out folder of a run")
-    text = leaderboard.render(list(store.iter_records(args.dirs)), args.format, args.sort)
+    records = list(store.iter_records(args.dirs))
+    text = leaderboard.render(records, args.format, args.sort)
+    if args.plot:
+        leaderboard.plot(records, args.plot)
+        print(f"kdbench: wrote {args.plot}", file=sys.stderr)
     if args.out:
         Path(args.out).write_text(text)
         print(f"kdbench: wrote {args.out}")

@@ -83,6 +83,8 @@ class Context:
         if name in self.modules:
             raise ValueError(f"module name {name!r} is already used in this run")
         module = module.to(self.device)
+        if self.device.type == "cuda":  # NHWC convolutions are faster on tensor cores
+            module = module.to(memory_format=torch.channels_last)
         self.modules[name] = module
         return module
 

@@ -159,3 +159,30 @@ def render(records, fmt_name="md", sort=None):
     from tabulate import tabulate
 
     return tabulate(shown, headers="keys", tablefmt="github", showindex=False) + "\n"
+
+
+def plot(records, path):
+    """A PNG of the primary metric (best epoch, seed mean) against parameters, per experiment."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = summarize(records)
+    if table.empty:
+        from kdbench.errors import ConfigError
+
+        raise ConfigError("no finished runs to plot")
+    experiments = list(dict.fromkeys(table["experiment"]))
+    fig, axes = plt.subplots(1, len(experiments), figsize=(5 * len(experiments), 4), squeeze=False)
+    for ax, name in zip(axes[0], experiments):
+        part = table[table["experiment"] == name]
+        metric, direction = part["metric"].iloc[0], part["direction"].iloc[0]
+        ax.errorbar(part["params"], part[f"{metric}_best_mean"], yerr=part.get(f"{metric}_best_std"), fmt="o")
+        for _, row in part.iterrows():
+            ax.annotate(f"{row['method']} {row['setting']}".strip(), (row["params"], row[f"{metric}_best_mean"]), fontsize=7)
+        ax.set_xscale("log")
+        ax.set(title=name, xlabel="parameters", ylabel=f"{metric} (best epoch) {ARROW[direction]}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -64,7 +64,8 @@ def test_leaderboard_errors_and_formats(plugin_dir, cli, tmp_path):
     assert cli("run", str(plugin_dir), "--grid", "method=scratch", "--seeds", "0,1", "--set", "train.epochs=1")[0] == 0
     code, out, _ = cli("leaderboard", str(tmp_path / "runs"), "--format", "html")
     assert code == 0 and "<table" in out and "scratch" in out
-    code, out, _ = cli("leaderboard", str(tmp_path / "runs"), "--sort", "params")
+    code, out, _ = cli("leaderboard", str(tmp_path / "runs"), "--sort", "params", "--plot", str(tmp_path / "p.png"))
     assert code == 0 and "scratch" in out
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     code, _, err = cli("leaderboard", str(tmp_path / "runs"), "--sort", "nonsense")
     assert code == 2 and "cannot sort by 'nonsense'" in err
