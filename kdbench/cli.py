@@ -93,6 +93,7 @@ def cmd_run(args):
     runner.registry_for.cache_clear()  # a fresh registry, so each run verifies its teachers anew
     registry = runner.registry_for((str(folder),), args.strict_plugins)
     cells, seeds, profile = experiment.expand(folder, registry, grid=args.grid, sets=args.sets, profile=args.profile, seeds=seeds, plugin_dirs=[folder])
+    engine.resolve_device(args.device)
     engine.check_data(registry, cells)
     print(f"kdbench: {cells[0].experiment} ({profile or 'no'} profile): {len(cells)} cell(s) x {len(seeds)} seed(s) -> {args.out}")
     options = runner.RunOptions(out=args.out, cache=args.cache, device=args.device, force=args.force,

@@ -301,6 +301,8 @@ class Resolver:
         for key, value in settings.items():
             set_dotted(doc, key, value)
         data = section(DataConfig, doc.get("data", {}), "data")
+        if data["val_size"] < 1:
+            raise ConfigError("data.val_size must be at least 1: the best epoch is chosen on the validation split, never on test")
         train = section(TrainConfig, doc.get("train", {}), "train")
         measure = section(MeasureConfig, doc.get("measure", {}), "measure")
         student = dict(doc.get("student", {}))

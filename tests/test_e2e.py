@@ -93,3 +93,14 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     epochs = [json.loads(l)["epoch"] for l in history.read_text().splitlines()]
     assert epochs == list(range(1, 31))  # resumed: every epoch logged once
     assert not list((tmp_path / "runs").rglob("checkpoint.pt"))  # removed once the run finished
+
+
+def test_unreadable_checkpoint_restarts_the_run(plugin_dir, cli, tmp_path):
+    args = ("run", str(plugin_dir), "--grid", "method=scratch", "--seeds", "0", "--set", "train.epochs=2")
+    assert cli(*args)[0] == 0
+    [record] = (tmp_path / "runs").rglob("record.json")
+    record.unlink()  # as if the run had been killed after writing a (now damaged) checkpoint
+    (record.parent / "checkpoint.pt").write_bytes(b"\x00garbage")
+    code, _, err = cli(*args)
+    assert code == 0 and "is unreadable" in err and "afresh" in err
+    assert json.loads(record.read_text())["status"] == "ok"
