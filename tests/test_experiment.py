@@ -95,3 +95,15 @@ def test_toml_syntax_error_and_unknown_key_name_file_and_line(tmp_path):
     line = THIRD_PARTY_TOML.replace("lr = 0.002", "learning_rate = 0.002").splitlines().index("learning_rate = 0.002") + 1
     assert f"kdbench.toml:{line}: unknown key 'learning_rate' in [train]" in str(info.value)
     assert "lr" in str(info.value)
+
+
+def test_cells_and_jobs_are_plain_picklable_data(setup):
+    import pickle
+
+    from kdbench.runner import Job, RunOptions
+
+    folder, registry = setup
+    cells, _, _ = expand(folder, registry, grid=["temperature=2,8"])
+    job = Job(cells[1], 0, RunOptions(out="runs"))
+    clone = pickle.loads(pickle.dumps(job))
+    assert clone.cell.id == job.cell.id and clone.folder == job.folder and clone.cell.config == job.cell.config
