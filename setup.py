@@ -94,7 +94,7 @@ def extension_build():
         ext = CUDAExtension(
             "kdbench_ext._C",
             sources + cuda_sources,
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--fmad=true"]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
             extra_link_args=link,
             define_macros=[("KDBENCH_WITH_CUDA", "1")],
         )
