@@ -8,7 +8,8 @@ defines what is correct; the tests hold the fused ops to it.
 
 - ``KDBENCH_EXT=0`` in the environment (read at import) forces the reference.
 - :func:`backend` says which one a call on a given device and dtype uses;
-  :func:`extension_status` says why.
+  :func:`extension_status` says why; :func:`reference_only` forces the reference
+  within a block.
 - Importing this module never fails because the extension is absent.
 
 The fused KL op differentiates the student logits only.  A call whose teacher logits
@@ -18,6 +19,7 @@ which differentiates everything.  The fused ops do not support double backward
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 __all__ = [
     "REDUCTIONS",
     "backend",
+    "reference_only",
     "extension_status",
     "feature_mse",
     "feature_mse_reference",
@@ -42,6 +45,7 @@ _ENABLED = os.environ.get("KDBENCH_EXT", "1").strip().lower() not in ("0", "fals
 # Filled on first use by _init(): the device types the fused ops serve (empty when the
 # extension is disabled or absent), the op handles, and a status for extension_status().
 _DEVICES: frozenset | None = None
+_FORCED_REFERENCE = 0  # depth of reference_only() blocks
 _KL_OP = None
 _MSE_OP = None
 _STATUS: dict = {}
@@ -72,10 +76,24 @@ def _init() -> frozenset:
 
 
 def _fused_devices() -> frozenset:
+    if _FORCED_REFERENCE:
+        return frozenset()
     devices = _DEVICES
     if devices is None:
         devices = _init()
     return devices
+
+
+@contextlib.contextmanager
+def reference_only():
+    """Within the block, every call uses the PyTorch reference (what ``KDBENCH_EXT=0`` does
+    for a whole process); for comparisons and debugging."""
+    global _FORCED_REFERENCE
+    _FORCED_REFERENCE += 1
+    try:
+        yield
+    finally:
+        _FORCED_REFERENCE -= 1
 
 
 def _fused_ok(a: torch.Tensor, b: torch.Tensor) -> bool:
