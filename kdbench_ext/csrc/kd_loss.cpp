@@ -87,7 +87,9 @@ at::Tensor as_rows(const at::Tensor& x, int64_t rows, int64_t cols) {
 #if defined(__linux__)
 namespace {
 constexpr size_t kHugePage = size_t(2) << 20;
-constexpr size_t kThpMinBytes = size_t(4) << 20;
+// glibc serves blocks up to 32 MiB (its largest mmap threshold) from the heap and
+// reuses them, so only larger ones come fresh from the kernel each time.
+constexpr size_t kThpMinBytes = size_t(32) << 20;
 
 void thp_free(void* p) { std::free(p); }
 
