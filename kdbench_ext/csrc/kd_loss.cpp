@@ -25,6 +25,8 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
+#include <mutex>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -88,42 +90,93 @@ at::Tensor as_rows(const at::Tensor& x, int64_t rows, int64_t cols) {
 namespace {
 constexpr size_t kHugePage = size_t(2) << 20;
 // glibc serves blocks up to 32 MiB (its largest mmap threshold) from the heap and
-// reuses them, so only larger ones come fresh from the kernel each time.
-constexpr size_t kThpMinBytes = size_t(32) << 20;
+// reuses them, so only larger ones come fresh from the kernel, page faults and
+// all, on every call.  Those go through GradBufferPool.
+constexpr size_t kPoolMinBytes = size_t(32) << 20;
 
-void thp_free(void* p) { std::free(p); }
+size_t env_mib(const char* name, size_t fallback) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return fallback;
+  return static_cast<size_t>(std::strtoull(v, nullptr, 10));
+}
 
-struct ThpAllocator final : public c10::Allocator {
+// Large gradient buffers: backed by transparent huge pages (a fresh 512 MiB
+// buffer then costs 256 page faults instead of 131072), and kept for reuse
+// when freed, up to KDBENCH_EXT_CPU_CACHE_MB (default 1024; 0 keeps none), so a
+// training loop that asks for the same size every step touches no new page.
+// Like PyTorch's CUDA caching allocator, in miniature: exact sizes, LIFO.
+class GradBufferPool final : public c10::Allocator {
+ public:
   c10::DataPtr allocate(size_t n) override {
     const size_t len = std::max<size_t>((n + kHugePage - 1) / kHugePage * kHugePage, kHugePage);
-    void* p = nullptr;
-    TORCH_CHECK(posix_memalign(&p, kHugePage, len) == 0 && p != nullptr,
-                "kdbench: out of memory allocating ", n, " bytes");
-    madvise(p, len, MADV_HUGEPAGE);  // a hint; failure only costs speed
-    return {p, p, &thp_free, c10::Device(c10::DeviceType::CPU)};
+    void* p = take(len);
+    if (p == nullptr) {
+      TORCH_CHECK(posix_memalign(&p, kHugePage, len) == 0 && p != nullptr,
+                  "kdbench: out of memory allocating ", n, " bytes");
+      madvise(p, len, MADV_HUGEPAGE);  // a hint; failure only costs speed
+    }
+    return {p, new Block{p, len}, &release, c10::Device(c10::DeviceType::CPU)};
   }
-  c10::DeleterFnPtr raw_deleter() const override { return &thp_free; }
+  c10::DeleterFnPtr raw_deleter() const override { return nullptr; }
   void copy_data(void* dest, const void* src, std::size_t count) const override {
     std::memcpy(dest, src, count);
   }
-};
 
-bool thp_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("KDBENCH_EXT_THP");
-    return !(v && std::string(v) == "0");
-  }();
-  return on;
-}
+  static GradBufferPool& get() {
+    static GradBufferPool* pool = new GradBufferPool();  // never destroyed: frees at exit race
+    return *pool;
+  }
+
+ private:
+  struct Block {
+    void* ptr;
+    size_t len;
+  };
+
+  GradBufferPool() : cap_(env_mib("KDBENCH_EXT_CPU_CACHE_MB", 1024) << 20) {}
+
+  void* take(size_t len) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = free_.rbegin(); it != free_.rend(); ++it) {
+      if (it->len == len) {
+        void* p = it->ptr;
+        cached_ -= len;
+        free_.erase(std::next(it).base());
+        return p;
+      }
+    }
+    return nullptr;
+  }
+
+  void give_back(Block* b) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (cached_ + b->len <= cap_) {
+        free_.push_back(*b);
+        cached_ += b->len;
+        delete b;
+        return;
+      }
+    }
+    std::free(b->ptr);
+    delete b;
+  }
+
+  static void release(void* ctx) { get().give_back(static_cast<Block*>(ctx)); }
+
+  std::mutex mu_;
+  std::vector<Block> free_;
+  size_t cached_ = 0;
+  const size_t cap_;
+};
 }  // namespace
 #endif
 
 at::Tensor alloc_grad(const at::Tensor& like) {
 #if defined(__linux__)
-  if (like.device().is_cpu() && thp_enabled() &&
-      static_cast<size_t>(like.numel()) * like.element_size() >= kThpMinBytes) {
-    static ThpAllocator allocator;
-    return at::Tensor(at::detail::empty_generic(like.sizes(), &allocator,
+  if (like.device().is_cpu() &&
+      static_cast<size_t>(like.numel()) * like.element_size() >= kPoolMinBytes) {
+    return at::Tensor(at::detail::empty_generic(like.sizes(), &GradBufferPool::get(),
                                                 c10::DispatchKeySet(c10::DispatchKey::CPU),
                                                 like.scalar_type(), c10::MemoryFormat::Contiguous));
   }

@@ -17,9 +17,9 @@ void check_mse_args(const at::Tensor& x, const at::Tensor& y, const char* op);
 at::Tensor as_rows(const at::Tensor& x, int64_t rows, int64_t cols);
 
 // A contiguous, uninitialised tensor shaped like `like`, for a saved gradient.
-// CPU buffers of 32 MiB or more, which malloc maps fresh from the kernel on every
-// call, are backed by transparent huge pages (Linux; KDBENCH_EXT_THP=0 turns this
-// off): first touching them then costs several times fewer page faults.
+// CPU buffers of 32 MiB or more, which malloc would map fresh from the kernel on
+// every call, come from a small pool backed by transparent huge pages (Linux;
+// see GradBufferPool in kd_loss.cpp, KDBENCH_EXT_CPU_CACHE_MB bounds it).
 at::Tensor alloc_grad(const at::Tensor& like);
 
 // From per-row KL values (any float dtype, on the inputs' device) to the loss:
