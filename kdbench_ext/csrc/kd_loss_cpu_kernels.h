@@ -355,15 +355,24 @@ double mse_range_impl(const MseArgs& a, int64_t begin, int64_t end) {
   T* g = static_cast<T*>(a.grad);
   const V gs(static_cast<A>(a.gscale));
   FlushDenormalsGuard ftz;
-  V acc0(A(0)), acc1(A(0));
+  V acc0(A(0)), acc1(A(0)), acc2(A(0)), acc3(A(0));
   int64_t i = begin;
-  for (; i + 2 * W <= end; i += 2 * W) {
+  for (; i + 4 * W <= end; i += 4 * W) {
     const V d0 = vload(x + i) - vload(y + i);
     const V d1 = vload(x + i + W) - vload(y + i + W);
+    const V d2 = vload(x + i + 2 * W) - vload(y + i + 2 * W);
+    const V d3 = vload(x + i + 3 * W) - vload(y + i + 3 * W);
     acc0 = at::vec::fmadd(d0, d0, acc0);
     acc1 = at::vec::fmadd(d1, d1, acc1);
-    if constexpr (kGrad) vstore2(g + i, d0 * gs, d1 * gs);
+    acc2 = at::vec::fmadd(d2, d2, acc2);
+    acc3 = at::vec::fmadd(d3, d3, acc3);
+    if constexpr (kGrad) {
+      vstore2(g + i, d0 * gs, d1 * gs);
+      vstore2(g + i + 2 * W, d2 * gs, d3 * gs);
+    }
   }
+  acc0 = acc0 + acc2;
+  acc1 = acc1 + acc3;
   for (; i + W <= end; i += W) {
     const V d = vload(x + i) - vload(y + i);
     acc0 = at::vec::fmadd(d, d, acc0);
