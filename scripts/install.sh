@@ -13,4 +13,4 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2
     || echo "install.sh: could not install dataset-fashion-mnist; kdbench will need --set data.download=true" >&2
 fi
 python -m pip install -q -c constraints.txt torch torchvision setuptools wheel ninja
-python -m pip install -q -c constraints.txt --no-build-isolation -e '.[test]'
+python -m pip install -q -c constraints.txt --no-build-isolation --use-pep517 -e '.[test]'
