@@ -63,6 +63,12 @@ def extension_build():
     sources = sorted(str(p.relative_to(HERE)) for p in CSRC.glob("*.cpp"))
     if not sources:
         return [], {}
+    if "develop" in sys.argv[1:]:
+        # pip takes the legacy `setup.py develop` path when the `wheel` package is installed
+        # and there is no pyproject.toml; setuptools' develop then reruns pip in a subprocess
+        # with build isolation, where torch is missing.  Keep that subprocess in this
+        # environment, as the --no-build-isolation the install command asked for.
+        os.environ.setdefault("PIP_NO_BUILD_ISOLATION", "0")
     cuda_sources = sorted(str(p.relative_to(HERE)) for p in CSRC.glob("*.cu"))
     want = os.environ.get("KDBENCH_CUDA", "")
     if cuda_sources and not _falsy(want):
