@@ -44,17 +44,18 @@ _ENABLED = os.environ.get("KDBENCH_EXT", "1").strip().lower() not in ("0", "fals
 
 # Filled on first use by _init(): the device types the fused ops serve (empty when the
 # extension is disabled or absent), the op handles, and a status for extension_status().
-_DEVICES: frozenset | None = None
+_DEVICES: tuple | None = None
 _FORCED_REFERENCE = 0  # depth of reference_only() blocks
 _KL_OP = None
 _MSE_OP = None
 _STATUS: dict = {}
 
 
-def _init() -> frozenset:
+@torch.compiler.assume_constant_result  # under torch.compile: run once, eagerly
+def _init() -> tuple:
     global _DEVICES, _KL_OP, _MSE_OP, _STATUS
     status = {"enabled": _ENABLED, "loaded": False, "cuda": False, "cpu_isa": None, "error": None}
-    devices: frozenset = frozenset()
+    devices: tuple = ()
     if not _ENABLED:
         status["error"] = "disabled by KDBENCH_EXT=0"
     else:
@@ -67,7 +68,7 @@ def _init() -> frozenset:
                 _KL_OP = torch.ops.kdbench.kd_kl_loss.default
                 _MSE_OP = torch.ops.kdbench.feature_mse.default
                 status.update(loaded=True, cuda=kdbench_ext.has_cuda(), cpu_isa=kdbench_ext.cpu_isa())
-                devices = frozenset({"cpu", "cuda"} if status["cuda"] else {"cpu"})
+                devices = ("cpu", "cuda") if status["cuda"] else ("cpu",)
             else:
                 status["error"] = f"kdbench_ext._C not loaded: {kdbench_ext.load_error()!r}"
     _STATUS = status
@@ -75,9 +76,9 @@ def _init() -> frozenset:
     return devices
 
 
-def _fused_devices() -> frozenset:
+def _fused_devices() -> tuple:
     if _FORCED_REFERENCE:
-        return frozenset()
+        return ()
     devices = _DEVICES
     if devices is None:
         devices = _init()

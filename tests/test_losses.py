@@ -428,6 +428,26 @@ def test_kdbench_ext_0_forces_the_reference():
     assert out.split()[0] == "reference" and "KDBENCH_EXT=0" in out and out.split()[-1] == "True"
 
 
+@needs_ext
+def test_first_call_inside_torch_compile():
+    """kdbench.losses loads the extension lazily; that must also work while Dynamo traces."""
+    out = _run_python(
+        """
+        import torch
+        from kdbench import losses
+
+        @torch.compile(backend="aot_eager", fullgraph=True)
+        def f(s, t):
+            return losses.kd_kl_loss(s, t, 2.0)
+
+        s, t = torch.randn(4, 10, requires_grad=True), torch.randn(4, 10)
+        f(s, t).backward()
+        print(losses.backend(), bool(torch.isfinite(s.grad).all()))
+        """
+    )
+    assert out.split() == ["fused", "True"]
+
+
 def test_works_without_the_compiled_library():
     out = _run_python(
         """
