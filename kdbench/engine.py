@@ -29,6 +29,16 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
+@contextlib.contextmanager
+def preserved_rng():
+    """Run a block (loading or training another model) without moving this run's random streams."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
+        yield
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
+
+
 def resolve_device(name):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -284,6 +294,7 @@ def train(method, ctx, desc="train"):
     return {
         "metrics": {f"{k}_last": v for k, v in last.items()} | {f"{k}_best": v for k, v in best.items()},
         "selection": {"metric": metric, "direction": direction, "best_epoch": state["best_epoch"], "val_best": state["best"]},
+        "directions": {k: direction if k == metric else "min" if k in method.lower_is_better else "max" for k in last},
         "train_time_s": train_time,
         "epochs": cfg["epochs"],
         "steps_per_epoch": steps,

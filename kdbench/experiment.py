@@ -43,7 +43,7 @@ from kdbench.errors import ConfigError, did_you_mean
 
 SECTIONS = {"data": DataConfig, "train": TrainConfig, "measure": MeasureConfig}
 TOP_LEVEL = {"experiment", "data", "teacher", "student", "train", "method", "measure", "axes", "profiles"}
-EXPERIMENT_KEYS = {"name", "description", "methods", "seeds", "profile"}
+EXPERIMENT_KEYS = {"name", "description", "methods", "seeds", "profile", "baseline"}
 TEACHER_FIELDS = {f.name for f in dataclasses.fields(TeacherConfig)}
 
 
@@ -55,6 +55,7 @@ class Cell:
     config: dict  # data, teacher, student, train, measure, method (with "name")
     labels: dict  # axis -> the value chosen, for tables and folder names
     plugin_dirs: list = field(default_factory=list)
+    baseline: str = "scratch"  # the arm that leaderboard gains are measured against
 
     @property
     def id(self):
@@ -320,9 +321,16 @@ class Resolver:
         method = {"name": arm} | {
             k: check_type(doc.get("method", {}).get(k, d), d, f"method.{k}") for k, d in method_fields.items()
         }
+        teacher = doc.get("teacher", {})
+        if method_cls.needs_teacher:
+            teacher = resolve_teacher(self.registry, teacher, data)
+        elif teacher.get("model"):  # only its size matters here (the parameter ratio)
+            teacher = {k: v for k, v in resolve_teacher(self.registry, teacher, data).items() if k not in TEACHER_FIELDS or k == "model"}
+        else:
+            teacher = None
         return {
             "data": data,
-            "teacher": resolve_teacher(self.registry, doc.get("teacher", {}), data) if doc.get("teacher", {}).get("model") or method_cls.needs_teacher else None,
+            "teacher": teacher,
             "student": student,
             "train": train,
             "method": method,
@@ -419,6 +427,7 @@ def expand(folder, registry, grid=(), sets=(), profile=None, seeds=None, plugin_
             choices.append([(name, v, {name: resolver.typed(name, v, settings)}) for v in values])
         else:
             raise ConfigError(did_you_mean(name, list(axes) + ["method"], "grid axis") + " (or a config key such as train.lr)")
+    experiment_doc = doc.get("experiment", {})
     cells, seen = [], set()
     for combo in itertools.product(*choices) if choices else [()]:
         combined = dict(settings)
@@ -429,7 +438,8 @@ def expand(folder, registry, grid=(), sets=(), profile=None, seeds=None, plugin_
             # label only the axes that change this arm's config (no temperature on scratch)
             shown = {axis: label for axis, label, assignment in combo
                      if resolver.resolve({k: v for k, v in combined.items() if k not in assignment} | settings, arm) != config}
-            cell = Cell(doc.get("experiment", {}).get("name", Path(folder).resolve().name), config, {"method": arm} | shown, [str(Path(d).resolve()) for d in plugin_dirs])
+            cell = Cell(experiment_doc.get("name", Path(folder).resolve().name), config, {"method": arm} | shown,
+                        [str(Path(d).resolve()) for d in plugin_dirs], experiment_doc.get("baseline", "scratch"))
             # an axis that does not apply to an arm (a temperature for scratch) gives the same cell
             if cell.id not in seen:
                 seen.add(cell.id)

@@ -15,6 +15,7 @@ def flatten(record):
         "experiment": record["experiment"],
         "cell_id": record["cell_id"],
         "method": record["method"],
+        "baseline": record.get("baseline", "scratch"),
         "setting": " ".join(f"{k}={v}" for k, v in record["labels"].items() if k != "method"),
         "student": record["student"]["model"],
         "student_config": repr(sorted(record["config"]["student"].items())),
@@ -64,13 +65,16 @@ def summarize(records):
     keys = ["experiment", "cell_id"]
     first = runs.groupby(keys, sort=False).first()
     grouped = runs.groupby(keys, sort=False)
-    table = first[["method", "setting", "student", "student_config", "metric", "direction", "params", "param_ratio", "speed_at"]].copy()
+    table = first[["method", "baseline", "setting", "student", "student_config", "metric", "direction", "params", "param_ratio", "speed_at"]].copy()
+    directions = {}
+    for record in ok:
+        directions |= record.get("directions", {})
     table["seeds"] = grouped["seed"].nunique()
     for col in metric_cols + ["throughput", "latency_ms", "train_time_s"]:
         table[f"{col}_mean"] = grouped[col].mean()
         table[f"{col}_std"] = grouped[col].std(ddof=1) if table["seeds"].max() > 1 else float("nan")
     table = table.reset_index()
-    table["gain_vs_scratch"] = gains(table)
+    table["gain_vs_baseline"] = gains(table)
     teachers = pd.DataFrame(teacher_rows(ok))
     if not teachers.empty:
         teachers["seeds"] = 1
@@ -79,20 +83,23 @@ def summarize(records):
         table = pd.concat([teachers, table], ignore_index=True)
     teacher_top1 = runs.groupby("experiment")["teacher_top1"].first()
     table["teacher_top1"] = table["experiment"].map(teacher_top1)
+    table.attrs["directions"] = directions  # metric -> "max" | "min", for the arrows
     return table
 
 
 def gains(table):
-    """Primary metric (best epoch) minus that of the ``scratch`` cell with the same student."""
+    """How much better than the baseline arm (``scratch`` unless the experiment names another)
+    with the same student the primary metric is at the best epoch; positive is better."""
     out = []
     for _, row in table.iterrows():
         col = f"{row['metric']}_best_mean"
-        base = table[(table["experiment"] == row["experiment"]) & (table["method"] == "scratch")
+        base = table[(table["experiment"] == row["experiment"]) & (table["method"] == row["baseline"])
                      & (table["student_config"] == row["student_config"])]
-        if base.empty or row["method"] == "scratch" or col not in table:
+        if base.empty or row["method"] == row["baseline"] or col not in table:
             out.append(float("nan"))
         else:
-            out.append(row[col] - base[col].iloc[0])
+            sign = 1 if row["direction"] == "max" else -1
+            out.append(sign * (row[col] - base[col].iloc[0]))
     return out
 
 
@@ -132,10 +139,12 @@ def display_frame(table):
         row[f"{metric} best {arrow}"] = fmt(r.get(f"{metric}_best_mean"), r.get(f"{metric}_best_std"))
         row[f"{metric} last {arrow}"] = fmt(r.get(f"{metric}_last_mean"), r.get(f"{metric}_last_std"))
         for col in table.columns:  # the other metrics a method reports (top5, mse_teacher, ...)
-            if col.endswith("_best_mean") and not col.startswith(metric + "_"):
-                row[col.removesuffix("_mean").replace("_", " ")] = fmt(r[col], r.get(col.replace("_mean", "_std")))
+            name = col.removesuffix("_best_mean")
+            if col.endswith("_best_mean") and name != metric:
+                header = f"{name.replace('_', ' ')} best {ARROW[table.attrs.get('directions', {}).get(name, 'max')]}"
+                row[header] = fmt(r[col], r.get(f"{name}_best_std"))
         row["teacher top1"] = fmt(r.get("teacher_top1"), None)
-        row["gain vs scratch"] = fmt(r.get("gain_vs_scratch"), None)
+        row[f"gain vs {r['baseline']}" if isinstance(r.get("baseline"), str) else "gain"] = fmt(r.get("gain_vs_baseline"), None)
         row["params"] = f"{int(r['params']):,}"
         row["ratio"] = fmt(r.get("param_ratio"), None, 3)
         row["throughput/s"] = fmt(r.get("throughput_mean"), None, 0)

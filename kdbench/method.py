@@ -43,6 +43,7 @@ class Method:
     uses_data = True  # False: train_step(None) each step; data-free methods make their own inputs
     student_kind = "classifier"  # "generator": evaluate() is the method's, and so is the ranking
     selection = ("top1", "max")  # the validation metric (a key of evaluate()) that picks the best epoch
+    lower_is_better = ()  # other keys of evaluate() where lower is better (marked so in tables)
 
     def __init__(self, config, ctx):
         self.config = config

@@ -92,7 +92,7 @@ def run_job(job):
     folder = job.folder
     base = {
         "experiment": job.cell.experiment, "cell_id": job.cell.id, "cell_name": job.cell.name,
-        "labels": job.cell.labels, "method": job.cell.method, "seed": job.seed, "config": job.cell.config,
+        "labels": job.cell.labels, "method": job.cell.method, "baseline": job.cell.baseline, "seed": job.seed, "config": job.cell.config,
         "run_dir": str(folder), "provenance": provenance(job.options),
     }
     store.write_json(folder / store.CONFIG, base)
@@ -154,6 +154,7 @@ def train_and_measure(job):
     return {
         "metrics": result["metrics"],
         "selection": result["selection"],
+        "directions": result["directions"],
         "student": {"model": config["student"]["model"], "params": params, "kind": method_cls.student_kind},
         "teacher": teacher_info,
         "param_ratio": params / teacher_info["params"] if teacher_info else None,

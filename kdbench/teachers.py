@@ -66,16 +66,17 @@ class TeacherCache:
         self.loaded = {}  # key -> Teacher, so a process verifies each teacher once
 
     def get(self, spec):
-        """The trained teacher for a full spec (see experiment.resolve_teacher)."""
-        if spec.get("path"):
-            return self.load_external(spec)
-        key = teacher_key(spec)
-        if key not in self.loaded:
-            folder = self.root / key
-            with file_lock(folder.with_suffix(".lock")):
-                teacher = self.load_cached(spec, folder) or self.train(spec, folder)
-            self.loaded[key] = teacher
-        return self.loaded[key]
+        """The trained teacher for a full spec (see experiment.resolve_teacher). The caller's
+        random streams are left as they were, whether the teacher was cached or trained."""
+        with engine.preserved_rng():
+            if spec.get("path"):
+                return self.load_external(spec)
+            key = teacher_key(spec)
+            if key not in self.loaded:
+                folder = self.root / key
+                with file_lock(folder.with_suffix(".lock")):
+                    self.loaded[key] = self.load_cached(spec, folder) or self.train(spec, folder)
+            return self.loaded[key]
 
     def get_partial(self, data_cfg):
         """``ctx.load_teacher``: a teacher from a partial spec, on the run's data by default."""

@@ -107,3 +107,12 @@ def test_cells_and_jobs_are_plain_picklable_data(setup):
     job = Job(cells[1], 0, RunOptions(out="runs"))
     clone = pickle.loads(pickle.dumps(job))
     assert clone.cell.id == job.cell.id and clone.folder == job.folder and clone.cell.config == job.cell.config
+
+
+def test_teacher_settings_do_not_split_arms_without_a_teacher(setup):
+    folder, registry = setup
+    cells, _, _ = expand(folder, registry, grid=["teacher.train.epochs=1,2"])
+    assert sorted(c.method for c in cells) == ["scratch", "soft-kd", "soft-kd"]
+    scratch = next(c for c in cells if c.method == "scratch")
+    assert scratch.config["teacher"] == {"model": "small-cnn", "c1": 8, "c2": 16, "hidden": 32, "dropout": 0.3}
+    assert scratch.baseline == "scratch"

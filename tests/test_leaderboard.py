@@ -30,7 +30,7 @@ def test_means_stds_gain_and_teacher_row():
     assert list(table["method"]) == ["teacher", "kd", "scratch"]
     kd = table[table["method"] == "kd"].iloc[0]
     assert kd["seeds"] == 2 and kd["top1_best_mean"] == 85.0 and math.isclose(kd["top1_best_std"], math.sqrt(2))
-    assert kd["gain_vs_scratch"] == 4.0 and kd["setting"] == "T=4" and kd["throughput_mean"] == 100.5
+    assert kd["gain_vs_baseline"] == 4.0 and kd["setting"] == "T=4" and kd["throughput_mean"] == 100.5
     teacher = table[table["method"] == "teacher"].iloc[0]
     assert teacher["top1_best_mean"] == 90.0 and teacher["params"] == 4000
     text = leaderboard.render(records, "md")
@@ -42,10 +42,14 @@ def test_means_stds_gain_and_teacher_row():
 def test_generator_rows_use_their_metric_lower_is_better():
     records = [record("adv-only", s, fd, experiment="gan", metric="fd", direction="min") for s, fd in ((0, 110.0), (1, 100.0))]
     records += [record("gan-kd", s, fd, experiment="gan", metric="fd", direction="min") for s, fd in ((0, 90.0), (1, 86.0))]
+    for r in records:
+        r |= {"baseline": "adv-only", "directions": {"fd": "min", "mse_teacher": "min"}}
+        r["metrics"] |= {"mse_teacher_best": 0.5, "mse_teacher_last": 0.5}
     table = leaderboard.sort_table(leaderboard.summarize(records))
     assert list(table["method"]) == ["teacher", "gan-kd", "adv-only"]  # ascending: lower FD first
+    assert table[table["method"] == "gan-kd"]["gain_vs_baseline"].iloc[0] == 17.0  # 105 -> 88: positive is better
     text = leaderboard.render(records, "md")
-    assert "fd best ↓" in text and "top1" not in text
+    assert "fd best ↓" in text and "mse teacher best ↓" in text and "gain vs adv-only" in text and "top1" not in text
 
 
 def test_records_round_trip_through_the_store(tmp_path):

@@ -76,3 +76,21 @@ def test_bad_external_teachers_fail_their_cells_with_one_line(plugin_dir, cli, t
                           (evil, "is not a readable torch checkpoint"), (tmp_path / "absent.pt", "no such file")]:
         code, out, _ = cli("run", str(plugin_dir), *GRID, "--teacher", str(path), "--force")
         assert code == 1 and message in out and "FAILED: CheckpointError" in out
+
+
+def test_getting_a_teacher_leaves_the_random_streams_alone(plugin_dir, tmp_path):
+    from kdbench.engine import seed_everything
+    from kdbench.experiment import expand
+    from kdbench.plugins import load_registry
+    from kdbench.teachers import TeacherCache
+
+    registry = load_registry([plugin_dir])
+    [cell] = expand(plugin_dir, registry, grid=["method=soft-kd"], sets=["teacher.train.epochs=1"])[0]
+    cache = TeacherCache(tmp_path / "cache", registry, torch.device("cpu"))
+    for _ in range(2):  # trained, then loaded from the cache
+        seed_everything(7)
+        expected = torch.rand(3)
+        seed_everything(7)
+        cache.loaded.clear()
+        cache.get(cell.config["teacher"])
+        assert torch.equal(torch.rand(3), expected)
