@@ -114,5 +114,5 @@ def test_teacher_settings_do_not_split_arms_without_a_teacher(setup):
     cells, _, _ = expand(folder, registry, grid=["teacher.train.epochs=1,2"])
     assert sorted(c.method for c in cells) == ["scratch", "soft-kd", "soft-kd"]
     scratch = next(c for c in cells if c.method == "scratch")
-    assert scratch.config["teacher"] == {"model": "small-cnn", "c1": 8, "c2": 16, "hidden": 32, "dropout": 0.3}
+    assert scratch.config["teacher"] == {"model": "small-cnn", "c1": 8, "c2": 16, "hidden": 32}
     assert scratch.baseline == "scratch"
