@@ -81,6 +81,7 @@ class DCGAN(Method):
     needs_teacher = False
     student_kind = "generator"
     selection = ("fd", "min")
+    lower_is_better = ("mse_teacher", "real_fd")
 
     def __init__(self, config, ctx):
         self.config = config
