@@ -36,6 +36,7 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <tuple>
 #include <type_traits>
 
 #include "kd_loss_cpu.h"
@@ -143,12 +144,9 @@ template <typename T, typename A = typename AccOf<T>::type>
 inline Vectorized<A> vload_partial(const T* p, int64_t n, A pad) {
   if constexpr (std::is_same_v<T, A>) {
     return Vectorized<A>::set(Vectorized<A>(pad), Vectorized<A>::loadu(p, n), n);
-  } else {
-    alignas(64) A buf[Vectorized<A>::size()];
-    for (int64_t i = 0; i < Vectorized<A>::size(); ++i) {
-      buf[i] = i < n ? static_cast<A>(p[i]) : pad;
-    }
-    return Vectorized<A>::loadu(buf);
+  } else {  // 16-bit: n < size() elements fit in the low half of one Vectorized<T>
+    const auto lo = std::get<0>(at::vec::convert_to_float<T>(Vectorized<T>::loadu(p, n)));
+    return Vectorized<A>::set(Vectorized<A>(pad), lo, n);
   }
 }
 
@@ -178,11 +176,7 @@ inline void vstore_partial(T* p, const Vectorized<A>& v, int64_t n) {
   if constexpr (std::is_same_v<T, A>) {
     v.store(p, n);
   } else {
-    alignas(64) A buf[Vectorized<A>::size()];
-    v.store(buf);
-    for (int64_t i = 0; i < n; ++i) {
-      p[i] = static_cast<T>(buf[i]);
-    }
+    at::vec::convert_from_float<T>(v, v).store(p, n);
   }
 }
 
