@@ -1,0 +1,57 @@
+"""Hinton KD (seed 003): the student matches the teacher's temperature-softened outputs and the labels.
+
+    loss = (1 - alpha) * T^2 * KL(softmax(t / T) || softmax(s / T)) + alpha * CE(s, y)
+
+with the seed's alpha = 0.2 (so the KL term carries 0.8 * T^2) and T = 5 (the README's second row:
+T = 20). The KL goes through ``kdbench.losses.kd_kl_loss`` (batchmean, T^2 included). Unlike the
+seed, the teacher runs in eval mode without autograd (``ctx.teacher`` is frozen; ``no_grad`` here).
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+import kdbench
+from kdbench.losses import kd_kl_loss
+from kdbench.method import Method
+
+from .models import hinton_cnn, vgg19_bn_torchvision
+
+
+@dataclass
+class HintonConfig:
+    temperature: float = 5.0  # the seed's config default; its README also reports T = 20
+    alpha: float = 0.2  # weight of the label loss; the KL term gets (1 - alpha)
+
+
+class HintonKD(Method):
+    """Knowledge distillation with soft targets (Hinton, Vinyals and Dean, 2015)."""
+
+    Config = HintonConfig
+
+    def train_step(self, batch):
+        images, labels = batch
+        with torch.no_grad():
+            teacher_logits = self.teacher(images)
+        logits = self.student(images)
+        kd = kd_kl_loss(logits, teacher_logits, self.config.temperature)
+        ce = F.cross_entropy(logits, labels)
+        loss = (1.0 - self.config.alpha) * kd + self.config.alpha * ce
+        self.ctx.step(self.optimizer, loss)
+        return {"loss": loss.detach(), "kd": kd.detach(), "ce": ce.detach()}
+
+
+@kdbench.hookimpl
+def kdbench_register_methods(register):
+    register("hinton", HintonKD, description="Hinton KD: (1 - alpha) T^2 KL(teacher || student) + alpha CE")
+
+
+@kdbench.hookimpl
+def kdbench_register_students(register):
+    register("hinton-cnn", hinton_cnn, description="seed 003's 3-block CNN student (114,186 params on CIFAR-10)")
+
+
+@kdbench.hookimpl
+def kdbench_register_teachers(register):
+    register("vgg19-bn-torchvision", vgg19_bn_torchvision,
+             description="torchvision VGG19-BN with one Linear(25,088) head (seed 003's teacher)")

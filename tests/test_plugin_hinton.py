@@ -1,0 +1,144 @@
+"""plugins/hinton (seed 003, Hinton KD): the seed's student and teacher and their parameter counts,
+the loss against a hand computation, the paper profile's grid and one real step of it on CPU, and
+the quick profile's effect (the distilled student beats the one trained from labels)."""
+import json
+from dataclasses import asdict
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import REPO
+from kdbench import experiment, runner
+from kdbench.data import RawData
+from kdbench.registry import Entry
+
+PLUGIN = REPO / "plugins" / "hinton"
+CIFAR10 = {"num_classes": 10, "in_channels": 3, "image_size": 32}
+
+
+def count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return runner.registry_for((str(PLUGIN),), False)  # the registry run_job uses
+
+
+@pytest.fixture
+def no_onednn(monkeypatch):
+    """oneDNN compiles kernels per new conv shape (seconds on a busy CPU); these run each shape once."""
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+
+
+def shared_cache(tmp_path_factory):
+    """One teacher cache for the session: plugins/hinton and plugins/akd share their quick teacher."""
+    return tmp_path_factory.getbasetemp() / "plugin-teacher-cache"
+
+
+def test_seed_student_and_teacher_have_the_seeds_parameter_counts(registry, no_onednn):
+    student = registry.build_model("students", "hinton-cnn", CIFAR10)
+    assert count(student) == 114_186  # the seed's StudentModel (and its committed checkpoint)
+    assert student(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    # Conv-ReLU-MaxPool-BN, in that order, three times
+    kinds = [type(m).__name__ for m in student.main]
+    assert kinds == ["Conv2d", "ReLU", "MaxPool2d", "BatchNorm2d"] * 3
+    teacher = registry.build_model("teachers", "vgg19-bn-torchvision", CIFAR10)
+    assert count(teacher) == 20_286_282  # torchvision vgg19_bn with one Linear(25,088 -> 10) head
+    assert teacher.classifier.in_features == 25_088
+    assert registry.build_model("students", "hinton-cnn", {"num_classes": 10, "in_channels": 1, "image_size": 28})(
+        torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_loss_is_the_seeds_formula_and_the_teacher_gets_no_gradient(registry, tmp_path):
+    from kdbench.config import DataConfig, TrainConfig
+    from kdbench.data import DataBundle
+    from kdbench.engine import Context, Teacher
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (16, 1, 28, 28), dtype=torch.uint8)
+    y = torch.randint(10, (16,))
+    data = DataBundle("fake", {"train": (x, y), "val": (x, y), "test": (x, y)}, 10, (0.5,), (0.25,), DataConfig(), "cpu")
+    teacher = Teacher(registry.build_model("teachers", "small-cnn", data.info), {}, {})
+    student = registry.build_model("students", "mlp", data.info)
+    ctx = Context(student=student, teacher=teacher, data=data, train=asdict(TrainConfig()) | {"lr": 0.0},
+                  seed=0, device=torch.device("cpu"), run_dir=tmp_path, registry=registry)
+    hinton = registry.get("methods", "hinton")
+    method = hinton(hinton.Config(temperature=5.0, alpha=0.2), ctx)
+    images, labels = data.tensors("train")
+    losses = method.train_step((images, labels))
+
+    student.eval()  # (no BN or dropout in the MLP: same logits as in the step)
+    with torch.no_grad():
+        s, t = student(images), teacher.model(images)
+    T = 5.0
+    kl = (F.softmax(t / T, 1) * (F.log_softmax(t / T, 1) - F.log_softmax(s / T, 1))).sum(1).mean()
+    expected = 0.8 * T * T * kl + 0.2 * F.cross_entropy(s, labels)
+    assert torch.allclose(losses["loss"], expected, rtol=1e-4, atol=1e-5)
+    assert all(p.grad is None for p in teacher.model.parameters())
+    assert not teacher.model.training
+
+
+def test_paper_grid_is_the_seeds_table(registry):
+    cells, seeds, profile = experiment.expand(PLUGIN, registry, grid=["temperature=5,20"], profile="paper")
+    assert profile == "paper" and seeds == [0, 1]
+    assert [(c.method, c.config["method"].get("temperature")) for c in cells] == [("scratch", None), ("hinton", 5.0), ("hinton", 20.0)]
+    cfg = cells[1].config
+    assert cfg["method"] == {"name": "hinton", "temperature": 5.0, "alpha": 0.2}
+    assert cfg["data"]["name"] == "cifar10" and cfg["data"]["augment"] == ["hflip", "vflip"] and cfg["data"]["val_size"] > 0
+    assert cfg["student"] == {"model": "hinton-cnn"} and cfg["teacher"]["model"] == "vgg19-bn-torchvision"
+    for train in (cfg["train"], cfg["teacher"]["train"]):
+        assert {k: train[k] for k in ("optimizer", "lr", "betas", "schedule", "t_max", "batch_size")} == {
+            "optimizer": "adam", "lr": 0.001, "betas": [0.5, 0.999], "schedule": "cosine", "t_max": 10, "batch_size": 128}
+
+
+def fake_cifar10(cfg):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (24, 3, 32, 32), generator=g, dtype=torch.uint8)
+    y = torch.randint(10, (24,), generator=g)
+    return RawData("cifar10", x[:16], y[:16], x[16:], y[16:], 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+
+
+def test_paper_profile_runs_one_step(registry, monkeypatch, tmp_path, no_onednn):
+    """The paper cells on a fake CIFAR-10 with a random VGG19-BN teacher: one step at batch 2."""
+    from kdbench import engine
+
+    monkeypatch.setitem(registry.tables["datasets"], "cifar10", Entry("cifar10", fake_cifar10, "test"))
+    engine.load_raw.cache_clear()
+    engine.load_bundle.cache_clear()
+    tiny = ["train.batch_size=2", "train.epochs=1", "train.steps_per_epoch=1", "data.val_size=8",
+            "measure.throughput_batch=2", "measure.throughput_repeats=1", "measure.latency_repeats=1", "measure.warmup=0"]
+    cells, _, _ = experiment.expand(PLUGIN, registry, sets=tiny, profile="paper", plugin_dirs=[PLUGIN])
+    path = tmp_path / "teacher.pt"
+    torch.save(registry.build_model("teachers", "vgg19-bn-torchvision", CIFAR10).state_dict(), path)
+    try:
+        options = runner.RunOptions(out=str(tmp_path / "runs"), cache=str(tmp_path / "cache"), device="cpu", teacher_path=str(path))
+        records = [runner.run_job(runner.Job(cell, 0, options)) for cell in cells]
+    finally:
+        engine.load_raw.cache_clear()
+        engine.load_bundle.cache_clear()
+    assert [r["status"] for r in records] == ["ok", "ok"], [r.get("error") for r in records]
+    assert [r["method"] for r in records] == ["scratch", "hinton"]
+    assert all(r["student"]["params"] == 114_186 for r in records)
+
+
+def test_quick_profile_distilled_student_beats_scratch(tmp_path, tmp_path_factory):
+    from kdbench.cli import main
+
+    out = tmp_path / "runs"
+    code = main(["run", str(PLUGIN), "--out", str(out), "--cache", str(shared_cache(tmp_path_factory))])
+    assert code == 0
+    records = [json.loads(p.read_text()) for p in out.rglob("record.json")]
+    assert len(records) == 4 and all(r["status"] == "ok" for r in records)
+
+    def mean(method, which):
+        values = [r["metrics"][f"top1_{which}"] for r in records if r["method"] == method]
+        assert len(values) == 2
+        return sum(values) / 2
+
+    # the target is +1 point (mean of 2 seeds); the margin leaves room for seed noise
+    assert mean("hinton", "best") > mean("scratch", "best") + 0.5
+    assert mean("hinton", "last") > mean("scratch", "last") + 0.5
+    board = (out / "hinton" / "leaderboard.md").read_text()
+    assert "teacher" in board and "scratch" in board and "hinton" in board
