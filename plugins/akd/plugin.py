@@ -1,0 +1,209 @@
+"""AKD: data-free adversarial knowledge distillation (seed 001, the DFAD algorithm).
+
+One ``train_step`` is one outer iteration of the seed's ``train_epoch`` loop:
+
+- ``student_steps`` (15) student updates, each on a fresh batch ``x = G(z)`` (no gradient to G):
+  loss_S = L1(student(x), teacher(x)), the mean absolute logit difference; SGD from ``[train]``;
+- ``generator_steps`` (1) generator updates on a fresh batch that *maximise* the same discrepancy:
+  loss_G = -L1(student(G(z)), teacher(G(z))), Adam(lr_g); the gradient reaches G through both
+  frozen networks.
+
+No real training image reaches the student or the generator. Baselines, same loop and budget:
+``akd-random`` (the student on Gaussian-noise images, DFAD's RANDOM row) and ``akd-kd-real``
+(the same L1 logit matching on real training images: the upper bound, DFAD's KD-ORI row).
+
+``peer`` (the seed's "one generator shared by the students"): a second student spec, e.g.
+``{model = "resnet18", width = 0.5}``, trained in the same cell against the same generator and
+Adam, after the main student in every epoch, as the seed's ``train_epoch(student_50);
+train_epoch(student_20)`` does. Its test accuracy is reported as ``peer_top1``/``peer_top5``.
+"""
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+import kdbench
+from kdbench.errors import ConfigError
+from kdbench.method import Method
+
+from .models import generator_a, resnet34_imagenet
+
+
+@contextlib.contextmanager
+def cpu_threads(n, device):
+    """Run a block on ``n`` intra-op CPU threads, then restore torch's setting.
+
+    A stop-gap until the engine sets threads per job: the quick profile's models are so small
+    that splitting each op over two threads costs more than it saves (2-4x slower on 2 cores).
+    """
+    before = torch.get_num_threads()
+    if n <= 0 or device.type != "cpu" or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@dataclass
+class AKDConfig:
+    student_steps: int = 15  # student updates per outer iteration (AKD; DFAD uses 5)
+    generator_steps: int = 1  # generator updates per outer iteration
+    nz: int = 100  # latent size (AKD; DFAD's CIFAR script uses 256)
+    generator: str = "akd-generator-a"  # a registered generator taking nz and ngf
+    ngf: int = 64
+    lr_g: float = 1e-3  # Adam, default betas, no weight decay (the seed's optim.Adam(G, lr_G))
+    peer: dict = field(default_factory=dict)  # {} = a generator per student (DFAD); see the module doc
+    threads: int = 1  # CPU threads for the training steps (0: torch's default); see README, "Threads"
+
+
+@dataclass
+class RandomConfig:
+    student_steps: int = 15
+    threads: int = 1
+
+
+@dataclass
+class KDRealConfig:
+    student_steps: int = 15
+    threads: int = 1
+
+
+class AKD(Method):
+    """Data-free adversarial distillation: generator and student play a min-max on the L1 logit gap."""
+
+    Config = AKDConfig
+    uses_data = False
+
+    def __init__(self, config, ctx):
+        super().__init__(config, ctx)
+        self.batch_size = ctx.train["batch_size"]
+        generator = ctx.build_model("generators", config.generator, nz=config.nz, ngf=config.ngf)
+        # channels_last: about 2x faster convolutions for this generator on CPU (and on GPU)
+        self.generator = ctx.add_module("generator", generator.to(memory_format=torch.channels_last))
+        self.opt_g = ctx.optimizer(self.generator.parameters(), optimizer="adam", lr=config.lr_g,
+                                   betas=[0.9, 0.999], weight_decay=0.0)
+        self.peer = self.peer_opt = None
+        if config.peer:
+            if not isinstance(config.peer, dict) or "model" not in config.peer:
+                raise ConfigError(f"method.peer must be a student spec like {{model = \"resnet18\", width = 0.5}}, got {config.peer!r}")
+            options = {k: v for k, v in config.peer.items() if k != "model"}
+            self.peer = ctx.add_module("peer", ctx.build_model("students", config.peer["model"], **options))
+            self.peer_opt = ctx.optimizer(self.peer.parameters())
+
+    def noise(self):
+        return torch.randn(self.batch_size, self.config.nz, device=self.ctx.device)
+
+    def iteration(self, student, optimizer):
+        for _ in range(self.config.student_steps):
+            with torch.no_grad():
+                images = self.generator(self.noise())  # G in train mode (batch statistics), as the seed
+                target = self.teacher(images)
+            loss_s = F.l1_loss(student(images), target)
+            self.ctx.step(optimizer, loss_s)
+        loss_g = None
+        student.requires_grad_(False)  # G's gradient flows through the student; its own is not needed
+        try:
+            for _ in range(self.config.generator_steps):
+                images = self.generator(self.noise())
+                loss_g = -F.l1_loss(student(images), self.teacher(images))
+                self.ctx.step(self.opt_g, loss_g)
+        finally:
+            student.requires_grad_(True)
+        losses = {"student_l1": loss_s.detach()}
+        if loss_g is not None:
+            losses["generator_l1"] = -loss_g.detach()
+        return losses
+
+    def train_step(self, batch):
+        with cpu_threads(self.config.threads, self.ctx.device):
+            return self.iteration(self.student, self.optimizer)
+
+    def end_epoch(self, epoch):
+        if self.peer is not None:  # the seed's order: a whole epoch of the first student, then the second
+            with cpu_threads(self.config.threads, self.ctx.device):
+                for _ in range(self.ctx.train["steps_per_epoch"]):
+                    self.iteration(self.peer, self.peer_opt)
+
+    def evaluate(self, split):
+        metrics = self.ctx.accuracy(self.student, split)
+        if self.peer is not None:
+            metrics |= {f"peer_{k}": v for k, v in self.ctx.accuracy(self.peer, split).items()}
+        return metrics
+
+
+class AKDRandom(Method):
+    """DFAD's RANDOM baseline: the same student steps on Gaussian-noise images (the generator's
+    output is standardised per batch, so N(0, 1) noise has its first two moments), no generator."""
+
+    Config = RandomConfig
+    uses_data = False
+
+    def train_step(self, batch):
+        info = self.ctx.data.info
+        shape = (self.ctx.train["batch_size"], info["in_channels"], info["image_size"], info["image_size"])
+        with cpu_threads(self.config.threads, self.ctx.device):
+            for _ in range(self.config.student_steps):
+                images = torch.randn(shape, device=self.ctx.device)
+                with torch.no_grad():
+                    target = self.teacher(images)
+                loss = F.l1_loss(self.student(images), target)
+                self.ctx.step(self.optimizer, loss)
+        return {"student_l1": loss.detach()}
+
+
+class AKDKDReal(Method):
+    """The upper bound (DFAD's KD-ORI): the same student steps and L1 logit loss on real training
+    images (augmented as ``[data] augment`` says), drawn here so that one step of this method is
+    ``student_steps`` batches, like one AKD iteration."""
+
+    Config = KDRealConfig
+    uses_data = False  # it draws its own real batches: student_steps of them per train_step
+
+    def __init__(self, config, ctx):
+        super().__init__(config, ctx)
+        self.rng = torch.Generator(device="cpu").manual_seed(ctx.seed)
+        self.stream = self.batches()
+
+    def batches(self):
+        while True:
+            yield from self.ctx.data.batches("train", self.ctx.train["batch_size"], shuffle=True, augment=True, generator=self.rng)
+
+    def train_step(self, batch):
+        with cpu_threads(self.config.threads, self.ctx.device):
+            for _ in range(self.config.student_steps):
+                images, _ = next(self.stream)
+                with torch.no_grad():
+                    target = self.teacher(images)
+                loss = F.l1_loss(self.student(images), target)
+                self.ctx.step(self.optimizer, loss)
+        return {"student_l1": loss.detach()}
+
+    def state_dict(self):
+        return {"rng": self.rng.get_state()}
+
+    def load_state_dict(self, state):
+        if "rng" in state:
+            self.rng.set_state(state["rng"].cpu())
+            self.stream = self.batches()
+
+
+@kdbench.hookimpl
+def kdbench_register_methods(register):
+    register("akd", AKD, description="data-free adversarial KD (AKD/DFAD): generator vs student on the L1 logit gap")
+    register("akd-random", AKDRandom, description="AKD baseline: the student on Gaussian-noise inputs (DFAD RANDOM)")
+    register("akd-kd-real", AKDKDReal, description="AKD upper bound: L1 logit KD on real training images (DFAD KD-ORI)")
+
+
+@kdbench.hookimpl
+def kdbench_register_generators(register):
+    register("akd-generator-a", generator_a, description="DFAD/AKD GeneratorA: z -> image, per-batch standardised")
+
+
+@kdbench.hookimpl
+def kdbench_register_teachers(register):
+    register("resnet34-imagenet", resnet34_imagenet,
+             description="torchvision ResNet-34 (ImageNet stem) fed upsampled images (AKD's teacher)")
