@@ -47,6 +47,7 @@ def teacher_rows(records):
         metrics = teacher.get("metrics") or {}
         rows.append({
             "experiment": record["experiment"], "cell_id": f"teacher-{teacher['hash'][:8]}", "method": "teacher",
+            "baseline": record.get("baseline", "scratch"),
             "setting": "", "student": teacher["model"], "seed": 0, "metric": record["selection"]["metric"],
             "direction": record["selection"]["direction"], "params": teacher["params"], "param_ratio": 1.0,
             "throughput": speed.get("throughput"), "latency_ms": speed.get("latency_ms"),
@@ -144,7 +145,7 @@ def display_frame(table):
                 header = f"{name.replace('_', ' ')} best {ARROW[table.attrs.get('directions', {}).get(name, 'max')]}"
                 row[header] = fmt(r[col], r.get(f"{name}_best_std"))
         row["teacher top1"] = fmt(r.get("teacher_top1"), None)
-        row[f"gain vs {r['baseline']}" if isinstance(r.get("baseline"), str) else "gain"] = fmt(r.get("gain_vs_baseline"), None)
+        row[f"gain vs {r['baseline']}"] = fmt(r.get("gain_vs_baseline"), None)
         row["params"] = f"{int(r['params']):,}"
         row["ratio"] = fmt(r.get("param_ratio"), None, 3)
         row["throughput/s"] = fmt(r.get("throughput_mean"), None, 0)
