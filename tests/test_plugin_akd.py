@@ -59,6 +59,7 @@ def test_generator_a_matches_dfad_and_standardises_its_batches(registry, no_oned
     assert (images.std(dim=(0, 2, 3)) - 1).abs().max() < 0.01
     small = registry.build_model("generators", "akd-generator-a", {"in_channels": 1, "image_size": 28}, nz=100, ngf=8)
     assert small(torch.randn(4, 100)).shape == (4, 1, 28, 28)
+    assert count(small) == 82_817  # the quick profile's generator (README)
 
 
 def test_seed_teacher_is_torchvision_resnet34_fed_224_pixels(registry, no_onednn):
