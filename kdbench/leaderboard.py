@@ -71,6 +71,7 @@ def summarize(records):
     for record in ok:
         directions |= record.get("directions", {})
     table["seeds"] = grouped["seed"].nunique()
+    table["teacher_top1"] = grouped["teacher_top1"].first()
     for col in metric_cols + ["throughput", "latency_ms", "train_time_s"]:
         table[f"{col}_mean"] = grouped[col].mean()
         table[f"{col}_std"] = grouped[col].std(ddof=1) if table["seeds"].max() > 1 else float("nan")
@@ -82,8 +83,6 @@ def summarize(records):
         for col in [c for c in teachers.columns if c.endswith(("_best", "_last"))] + ["throughput", "latency_ms"]:
             teachers[f"{col}_mean"] = teachers.pop(col)
         table = pd.concat([teachers, table], ignore_index=True)
-    teacher_top1 = runs.groupby("experiment")["teacher_top1"].first()
-    table["teacher_top1"] = table["experiment"].map(teacher_top1)
     table.attrs["directions"] = directions  # metric -> "max" | "min", for the arrows
     return table
 
