@@ -48,6 +48,11 @@ def cpu_threads(n, device):
         torch.set_num_threads(before)
 
 
+def check_steps(config):
+    if config.student_steps < 1:
+        raise ConfigError(f"method.student_steps must be >= 1, got {config.student_steps}")
+
+
 @dataclass
 class AKDConfig:
     student_steps: int = 15  # student updates per outer iteration (AKD; DFAD uses 5)
@@ -79,10 +84,11 @@ class AKD(Method):
     uses_data = False
 
     def __init__(self, config, ctx):
+        check_steps(config)
         super().__init__(config, ctx)
         self.batch_size = ctx.train["batch_size"]
         generator = ctx.build_model("generators", config.generator, nz=config.nz, ngf=config.ngf)
-        # channels_last: about 2x faster convolutions for this generator on CPU (and on GPU)
+        # channels_last: about 2x faster convolutions for this generator on CPU (measured here)
         self.generator = ctx.add_module("generator", generator.to(memory_format=torch.channels_last))
         self.opt_g = ctx.optimizer(self.generator.parameters(), optimizer="adam", lr=config.lr_g,
                                    betas=[0.9, 0.999], weight_decay=0.0)
@@ -165,6 +171,10 @@ class AKDRandom(Method):
     Config = RandomConfig
     uses_data = False
 
+    def __init__(self, config, ctx):
+        check_steps(config)
+        super().__init__(config, ctx)
+
     def train_step(self, batch):
         info = self.ctx.data.info
         shape = (self.ctx.train["batch_size"], info["in_channels"], info["image_size"], info["image_size"])
@@ -187,6 +197,7 @@ class AKDKDReal(Method):
     uses_data = False  # it draws its own real batches: student_steps of them per train_step
 
     def __init__(self, config, ctx):
+        check_steps(config)
         super().__init__(config, ctx)
         self.rng = torch.Generator(device="cpu").manual_seed(ctx.seed)
         self.stream = self.batches()
