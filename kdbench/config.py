@@ -39,6 +39,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     grad_clip: float = 0.0  # 0: no clipping
     eval_batch_size: int = 512
+    threads: int = 0  # CPU threads while training (0: torch's default); tiny models run faster on 1
 
 
 @dataclass

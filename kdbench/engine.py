@@ -227,10 +227,30 @@ def prepare(*, registry, role, model_spec, method_name, method_options, data_cfg
     return method, ctx
 
 
+@contextlib.contextmanager
+def cpu_threads(n, device):
+    """Run a block on ``n`` intra-op CPU threads (0: unchanged), then restore torch's setting."""
+    before = torch.get_num_threads()
+    if n <= 0 or device.type != "cpu":
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train(method, ctx, desc="train"):
     """Train ``method`` and return a result dict: last and best test metrics, the best epoch
     (chosen on validation, never on test), training time. Resumes from ``ctx.run_dir`` if a
     checkpoint is there."""
+    with cpu_threads(ctx.train["threads"], ctx.device):
+        result = train_loop(method, ctx, desc)
+    return result | {"threads": torch.get_num_threads() if ctx.train["threads"] <= 0 else ctx.train["threads"]}
+
+
+def train_loop(method, ctx, desc):
     cfg = ctx.train
     metric, direction = method.selection
     steps = cfg["steps_per_epoch"] or math.ceil(ctx.data.info["train_size"] / cfg["batch_size"])

@@ -428,6 +428,9 @@ def expand(folder, registry, grid=(), sets=(), profile=None, seeds=None, plugin_
         else:
             raise ConfigError(did_you_mean(name, list(axes) + ["method"], "grid axis") + " (or a config key such as train.lr)")
     experiment_doc = doc.get("experiment", {})
+    # an axis is labelled on the arms whose config it changes (no temperature on scratch)
+    applies = {(axis[0][0], arm) for axis in choices for arm in arms
+               if len({config_hash(resolver.resolve(settings | assignment, arm)) for _, _, assignment in axis}) > 1}
     cells, seen = [], set()
     for combo in itertools.product(*choices) if choices else [()]:
         combined = dict(settings)
@@ -435,9 +438,7 @@ def expand(folder, registry, grid=(), sets=(), profile=None, seeds=None, plugin_
             combined.update(assignment)
         for arm in arms:
             config = resolver.resolve(combined, arm)
-            # label only the axes that change this arm's config (no temperature on scratch)
-            shown = {axis: label for axis, label, assignment in combo
-                     if resolver.resolve({k: v for k, v in combined.items() if k not in assignment} | settings, arm) != config}
+            shown = {axis: label for axis, label, _ in combo if (axis, arm) in applies}
             cell = Cell(experiment_doc.get("name", Path(folder).resolve().name), config, {"method": arm} | shown,
                         [str(Path(d).resolve()) for d in plugin_dirs], experiment_doc.get("baseline", "scratch"))
             # an axis that does not apply to an arm (a temperature for scratch) gives the same cell

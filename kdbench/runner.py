@@ -164,7 +164,7 @@ def train_and_measure(job):
         "steps_per_epoch": result["steps_per_epoch"],
         "precision": "bfloat16" if config["train"]["amp"] and device.type == "cuda" else "float32",
         "device": str(device),
-        "torch_threads": torch.get_num_threads(),
+        "train_threads": result["threads"] if device.type == "cpu" else None,
     }
 
 

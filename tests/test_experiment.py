@@ -116,3 +116,9 @@ def test_teacher_settings_do_not_split_arms_without_a_teacher(setup):
     scratch = next(c for c in cells if c.method == "scratch")
     assert scratch.config["teacher"] == {"model": "small-cnn", "c1": 8, "c2": 16, "hidden": 32}
     assert scratch.baseline == "scratch"
+
+
+def test_an_axis_value_equal_to_the_default_is_still_labelled(setup):
+    folder, registry = setup
+    cells, _, _ = expand(folder, registry, grid=["temperature=4,8"])  # 4.0 is the file's default
+    assert sorted(c.labels.get("temperature", "-") for c in cells) == ["-", "4", "8"]

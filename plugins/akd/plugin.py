@@ -17,7 +17,6 @@ No real training image reaches the student or the generator. Baselines, same loo
 Adam, after the main student in every epoch, as the seed's ``train_epoch(student_50);
 train_epoch(student_20)`` does. Its test accuracy is reported as ``peer_top1``/``peer_top5``.
 """
-import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -28,24 +27,6 @@ from kdbench.errors import ConfigError
 from kdbench.method import Method
 
 from .models import generator_a, resnet34_imagenet
-
-
-@contextlib.contextmanager
-def cpu_threads(n, device):
-    """Run a block on ``n`` intra-op CPU threads, then restore torch's setting.
-
-    A stop-gap until the engine sets threads per job: the quick profile's models are so small
-    that splitting each op over two threads costs more than it saves (2-4x slower on 2 cores).
-    """
-    before = torch.get_num_threads()
-    if n <= 0 or device.type != "cpu" or n == before:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def check_steps(config):
@@ -62,19 +43,16 @@ class AKDConfig:
     ngf: int = 64
     lr_g: float = 1e-3  # Adam, default betas, no weight decay (the seed's optim.Adam(G, lr_G))
     peer: dict = field(default_factory=dict)  # {} = a generator per student (DFAD); see the module doc
-    threads: int = 1  # CPU threads for the training steps (0: torch's default); see README, "Threads"
 
 
 @dataclass
 class RandomConfig:
     student_steps: int = 15
-    threads: int = 1
 
 
 @dataclass
 class KDRealConfig:
     student_steps: int = 15
-    threads: int = 1
 
 
 class AKD(Method):
@@ -127,14 +105,12 @@ class AKD(Method):
         return losses
 
     def train_step(self, batch):
-        with cpu_threads(self.config.threads, self.ctx.device):
-            return self.iteration(self.student, self.optimizer)
+        return self.iteration(self.student, self.optimizer)
 
     def end_epoch(self, epoch):
         if self.peer is not None:  # the seed's order: a whole epoch of the first student, then the second
-            with cpu_threads(self.config.threads, self.ctx.device):
-                for _ in range(self.ctx.train["steps_per_epoch"]):
-                    self.iteration(self.peer, self.peer_opt)
+            for _ in range(self.ctx.train["steps_per_epoch"]):
+                self.iteration(self.peer, self.peer_opt)
 
     def evaluate(self, split):
         """The student's metrics, and with a peer its ``peer_top1``/``peer_top5``. The peer keeps its
@@ -178,13 +154,12 @@ class AKDRandom(Method):
     def train_step(self, batch):
         info = self.ctx.data.info
         shape = (self.ctx.train["batch_size"], info["in_channels"], info["image_size"], info["image_size"])
-        with cpu_threads(self.config.threads, self.ctx.device):
-            for _ in range(self.config.student_steps):
-                images = torch.randn(shape, device=self.ctx.device)
-                with torch.no_grad():
-                    target = self.teacher(images)
-                loss = F.l1_loss(self.student(images), target)
-                self.ctx.step(self.optimizer, loss)
+        for _ in range(self.config.student_steps):
+            images = torch.randn(shape, device=self.ctx.device)
+            with torch.no_grad():
+                target = self.teacher(images)
+            loss = F.l1_loss(self.student(images), target)
+            self.ctx.step(self.optimizer, loss)
         return {"student_l1": loss.detach()}
 
 
@@ -207,13 +182,12 @@ class AKDKDReal(Method):
             yield from self.ctx.data.batches("train", self.ctx.train["batch_size"], shuffle=True, augment=True, generator=self.rng)
 
     def train_step(self, batch):
-        with cpu_threads(self.config.threads, self.ctx.device):
-            for _ in range(self.config.student_steps):
-                images, _ = next(self.stream)
-                with torch.no_grad():
-                    target = self.teacher(images)
-                loss = F.l1_loss(self.student(images), target)
-                self.ctx.step(self.optimizer, loss)
+        for _ in range(self.config.student_steps):
+            images, _ = next(self.stream)
+            with torch.no_grad():
+                target = self.teacher(images)
+            loss = F.l1_loss(self.student(images), target)
+            self.ctx.step(self.optimizer, loss)
         return {"student_l1": loss.detach()}
 
     def state_dict(self):
