@@ -117,6 +117,20 @@ def write_plugin(folder, plugin=THIRD_PARTY_PLUGIN, toml=THIRD_PARTY_TOML):
 
 
 @pytest.fixture
+def no_onednn(monkeypatch):
+    """oneDNN compiles kernels for every new conv shape (seconds each on a busy CPU); tests that
+    run each shape once are much faster on the native kernels."""
+    import torch
+
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+
+
+def shared_cache(tmp_path_factory):
+    """One teacher cache for the session: plugins/hinton and plugins/akd share their quick teacher."""
+    return tmp_path_factory.getbasetemp() / "plugin-teacher-cache"
+
+
+@pytest.fixture
 def plugin_dir(tmp_path):
     return write_plugin(tmp_path / "softkd")
 

@@ -12,10 +12,7 @@ REGISTRY = load_registry(PLUGIN_DIRS, strict=True)
 MODELS = sorted({("teachers", n) for n in REGISTRY.names("teachers")} | {("students", n) for n in REGISTRY.names("students")})
 
 
-@pytest.fixture(autouse=True)
-def no_onednn(monkeypatch):
-    # oneDNN compiles kernels per new conv shape on CPU (seconds each); plain kernels are enough here
-    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+pytestmark = pytest.mark.usefixtures("no_onednn")
 
 
 @pytest.mark.parametrize("role, name", MODELS, ids=[f"{r[:-1]}:{n}" for r, n in MODELS])

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, shared_cache
+from kdbench.measure import count_params as count
 from kdbench import experiment, runner
 from kdbench.data import RawData
 from kdbench.registry import Entry
@@ -16,24 +17,9 @@ PLUGIN = REPO / "plugins" / "akd"
 CIFAR100 = {"num_classes": 100, "in_channels": 3, "image_size": 32}
 
 
-def count(model):
-    return sum(p.numel() for p in model.parameters())
-
-
 @pytest.fixture(scope="module")
 def registry():
     return runner.registry_for((str(PLUGIN),), False)  # the registry run_job uses
-
-
-@pytest.fixture
-def no_onednn(monkeypatch):
-    """oneDNN compiles kernels per new conv shape (seconds on a busy CPU); these run each shape once."""
-    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
-
-
-def shared_cache(tmp_path_factory):
-    """One teacher cache for the session: plugins/hinton and plugins/akd share their quick teacher."""
-    return tmp_path_factory.getbasetemp() / "plugin-teacher-cache"
 
 
 # ------------------------------------------------------------------------------------------------

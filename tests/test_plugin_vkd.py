@@ -11,15 +11,12 @@ import torch.nn.functional as F
 
 from kdbench import experiment, runner
 from kdbench.cli import main
+from kdbench.measure import count_params as count
 from kdbench.plugins import import_plugin_folder
 
 PLUGIN = Path(__file__).resolve().parents[1] / "plugins" / "vkd"
 plugin = import_plugin_folder(PLUGIN)
 from kdbench_plugins.vkd import models  # noqa: E402  (importable once the folder is loaded)
-
-
-def count(model):
-    return sum(p.numel() for p in model.parameters())
 
 
 def records(out):

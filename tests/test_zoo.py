@@ -3,6 +3,7 @@ import inspect
 import pytest
 import torch
 
+from kdbench.measure import count_params as count
 from kdbench.zoo import MODELS
 
 DATA_ARGS = ("num_classes", "in_channels", "image_size")
@@ -15,15 +16,7 @@ def build(name, num_classes, in_channels, image_size, **options):
     return factory(**{k: v for k, v in data.items() if k in params}, **options)
 
 
-@pytest.fixture(autouse=True)
-def no_onednn(monkeypatch):
-    """oneDNN compiles kernels for every new conv shape (seconds each on a busy CPU); these tests
-    run each shape once, so the native kernels are much faster here."""
-    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
-
-
-def count(model):
-    return sum(p.numel() for p in model.parameters())
+pytestmark = pytest.mark.usefixtures("no_onednn")
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 10), (3, 32, 100), (3, 8, 10)], ids=["1x28-10", "3x32-100", "3x8-10"])
