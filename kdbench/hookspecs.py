@@ -54,7 +54,7 @@ def kdbench_register_students(register):
 def kdbench_register_generators(register):
     """Register generators (image or knowledge generators): ``register(name, factory)``, with the
     same factory convention as teachers. Methods build them by name with
-    ``kdbench.registry.build_model("generators", name, data, **options)``. A teacher or student name
+    ``ctx.build_model("generators", name, **options)`` (see kdbench.method). A teacher or student name
     that is not a classifier is looked up among the generators, so a GAN can be distilled too."""
 
 
