@@ -50,7 +50,7 @@ def run_grid(cells, seeds, options, executor=None, log=print):
         for seed in seeds:
             job = Job(cell, seed, options)
             if not options.force and store.is_finished(job.folder):
-                records.append(store.read_record(job.folder))
+                records.append(store.read_record(job.folder) | {"baseline": cell.baseline})  # as the file says now
             else:
                 jobs.append(job)
     if records:
