@@ -112,7 +112,6 @@ def run_job(job):
 
 
 def train_and_measure(job):
-    import torch
 
     from kdbench import engine, measure
 

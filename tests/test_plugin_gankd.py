@@ -2,7 +2,6 @@
 counts (Keras-style and PyTorch), the metrics, and a real test-sized experiment through the
 command line: teacher GAN, feature classifier, 2 arms x 2 seeds, leaderboard."""
 import json
-import math
 from pathlib import Path
 
 import pytest
