@@ -38,8 +38,8 @@ def using(backend, device="cpu", dtype=torch.float32):
 def ref_kl(s, t, T, reduction="batchmean"):
     """float64 closed form: (loss, d loss / d s) for grad_output = 1."""
     C = s.shape[-1]
-    s64 = s.detach().double().reshape(-1, C)
-    t64 = t.detach().double().reshape(-1, C)
+    s64 = s.detach().double().cpu().reshape(-1, C)
+    t64 = t.detach().double().cpu().reshape(-1, C)
     ls, lt = F.log_softmax(s64 / T, -1), F.log_softmax(t64 / T, -1)
     ps, pt = ls.exp(), lt.exp()
     rows = (pt * torch.where(pt > 0, lt - ls, torch.zeros_like(lt))).sum(-1) * T * T
@@ -55,8 +55,8 @@ def ref_kl(s, t, T, reduction="batchmean"):
 
 
 def rel_err(a, b):
-    """max |a - b| / max |b| (exactly 0 when both are all zero)."""
-    a, b = a.detach().double(), b.detach().double()
+    """max |a - b| / max |b| (exactly 0 when both are all zero), on any device."""
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
     diff = (a - b).abs().max().item() if a.numel() else 0.0
     scale = b.abs().max().item() if b.numel() else 0.0
     return diff / scale if scale > 0 else diff

@@ -3,10 +3,10 @@ is present and the extension was built with CUDA; elsewhere CI compiles them
 (.ci/cuda-compile-check.sh) and these tests skip, saying why."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 import kdbench_ext
 from kdbench import losses
+from test_losses import TOL, kl_and_grad, ref_kl, rel_err  # the same float64 reference and tolerances
 
 if not torch.cuda.is_available():
     pytest.skip("no CUDA GPU on this machine", allow_module_level=True)
@@ -18,44 +18,11 @@ if not kdbench_ext.has_cuda():
 
 DEV = "cuda"
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
-TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2, torch.float64: 1e-10}
 
 
 def logits(*shape, dtype=torch.float32, scale=3.0, seed=0):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(DEV, dtype)
-
-
-def ref_kl(s, t, T, reduction="batchmean"):
-    C = s.shape[-1]
-    s64 = s.detach().double().cpu().reshape(-1, C)
-    t64 = t.detach().double().cpu().reshape(-1, C)
-    ls, lt = F.log_softmax(s64 / T, -1), F.log_softmax(t64 / T, -1)
-    ps, pt = ls.exp(), lt.exp()
-    rows = (pt * torch.where(pt > 0, lt - ls, torch.zeros_like(lt))).sum(-1) * T * T
-    grad = T * (ps - pt)
-    if reduction == "none":
-        loss = rows.reshape(s.shape[:-1])
-    elif reduction == "sum":
-        loss = rows.sum()
-    else:
-        loss, grad = rows.sum() / rows.shape[0], grad / rows.shape[0]
-    return loss, grad.reshape(s.shape)
-
-
-def rel_err(a, b):
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    diff = (a - b).abs().max().item() if a.numel() else 0.0
-    scale = b.abs().max().item() if b.numel() else 0.0
-    return diff / scale if scale > 0 else diff
-
-
-def kl_and_grad(s, t, T, reduction="batchmean", grad_output=None):
-    s = s.detach().clone().requires_grad_(True)
-    loss = losses.kd_kl_loss(s, t, T, reduction)
-    go = torch.ones_like(loss) if grad_output is None else grad_output
-    (g,) = torch.autograd.grad(loss, s, go)
-    return loss.detach(), g
 
 
 def test_backend_is_fused_on_cuda():
