@@ -139,17 +139,13 @@ def quick(tmp_path_factory):
     return records(out / "runs"), out
 
 
-def test_quick_vkd_alone_beats_scratch(quick):
+def test_quick_vkd_runs_every_arm(quick):
+    # VKD alone vs scratch is not significant at this scale (issue 8: +0.07 last / -0.16 best on an
+    # AMD EPYC, +1.68 / +0.45 on an Intel Xeon, two seeds): no effect is asserted here, only that
+    # both arms train and score.
     done, _ = quick
     assert len(done) == 4 and all(r["status"] == "ok" for r in done)
-
-    def arm(method, key):
-        return mean(r["metrics"][key] for r in done if r["method"] == method)
-
-    # end of training, the notebook's protocol: measured +1.7 points (README)
-    assert arm("vkd", "top1_last") - arm("scratch", "top1_last") >= 1.0
-    # best validation epoch: measured +0.5 points; the direction must hold
-    assert arm("vkd", "top1_best") > arm("scratch", "top1_best")
+    assert all(r["metrics"]["top1_best"] > 70 for r in done)
 
 
 def test_quick_generator_mimics_the_teacher(quick):
