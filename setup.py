@@ -129,6 +129,7 @@ setup(
         "tabulate>=0.9",
         "tqdm>=4.60",
         "numpy>=1.23",
+        "scipy>=1.9",  # Student-t quantiles for the leaderboard intervals (kdbench/stats.py)
         "ninja",
     ],
     extras_require={
