@@ -1,6 +1,7 @@
 """Dataset loaders: ``loader(cfg: DataConfig) -> RawData`` with the full train and test splits as uint8."""
 import gzip
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def load_fashion_mnist(cfg):
         f"Fashion-MNIST not found in {debian} or {root}/FashionMNIST/raw; install it with "
         "`apt-get install dataset-fashion-mnist`, or pass --set data.download=true (needs internet)"
     )
-    return from_torchvision(FashionMNIST, "fashion-mnist", cfg, (0.2860,), (0.3530,), missing)
+    return from_torchvision(FashionMNIST, "fashion-mnist", cfg, 10, (0.2860,), (0.3530,), missing)
 
 
 def load_mnist(cfg):
@@ -71,7 +72,7 @@ def load_mnist(cfg):
         f"MNIST not found in {root}/MNIST/raw; pass --set data.download=true (needs internet), "
         "or point data.root at a folder that holds it"
     )
-    return from_torchvision(MNIST, "mnist", cfg, (0.1307,), (0.3081,), missing)
+    return from_torchvision(MNIST, "mnist", cfg, 10, (0.1307,), (0.3081,), missing)
 
 
 def load_cifar10(cfg):
@@ -82,7 +83,7 @@ def load_cifar10(cfg):
         f"CIFAR-10 not found in {root}/cifar-10-batches-py; pass --set data.download=true (needs internet), "
         "or point data.root at a folder that holds it"
     )
-    return from_torchvision(CIFAR10, "cifar10", cfg, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), missing)
+    return from_torchvision(CIFAR10, "cifar10", cfg, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), missing)
 
 
 def load_cifar100(cfg):
@@ -93,22 +94,33 @@ def load_cifar100(cfg):
         f"CIFAR-100 not found in {root}/cifar-100-python; pass --set data.download=true (needs internet), "
         "or point data.root at a folder that holds it"
     )
-    return from_torchvision(CIFAR100, "cifar100", cfg, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), missing)
+    return from_torchvision(CIFAR100, "cifar100", cfg, 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), missing)
 
 
-def from_torchvision(dataset_class, name, cfg, mean, std, missing):
-    """Both splits of a torchvision MNIST- or CIFAR-style dataset, as RawData."""
-    root = os.path.expanduser(cfg.root)
+def from_torchvision(dataset_class, name, cfg, num_classes, mean, std, missing):
+    """Both splits of a torchvision MNIST- or CIFAR-style dataset under cfg.root, as RawData;
+    downloaded first when they are not there (or fail torchvision's checks) and cfg.download is set."""
+    root = Path(os.path.expanduser(cfg.root))
     try:
-        train = dataset_class(root, train=True, download=cfg.download)
-        test = dataset_class(root, train=False, download=cfg.download)
-    except (RuntimeError, OSError) as err:  # OSError covers urllib's URLError when offline
+        return read_torchvision(dataset_class, name, root, num_classes, mean, std)
+    except (RuntimeError, OSError) as err:  # not there, or failing torchvision's integrity checks
         if not cfg.download:
             raise DatasetMissing(missing) from err
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    download_torchvision(dataset_class, name, root)
+    return read_torchvision(dataset_class, name, root, num_classes, mean, std)
+
+
+def read_torchvision(dataset_class, name, root, num_classes, mean, std):
+    train = dataset_class(str(root), train=True)
+    test = dataset_class(str(root), train=False)
+    train_y = torch.as_tensor(train.targets, dtype=torch.int64)
+    test_y = torch.as_tensor(test.targets, dtype=torch.int64)
+    labels = torch.cat([train_y, test_y])
+    if len(train.classes) != num_classes or labels.min() < 0 or labels.max() >= num_classes:
         raise DatasetMissing(
-            f"could not download {name} to {root} ({reason}); check the network, or place the files there by hand"
-        ) from err
+            f"{name} in {root} is not the real dataset: {len(train.classes)} class names and labels "
+            f"{int(labels.min())}..{int(labels.max())}, expected {num_classes} classes; delete it and download it again"
+        )
 
     def images(data):
         data = torch.as_tensor(data)
@@ -117,10 +129,33 @@ def from_torchvision(dataset_class, name, cfg, mean, std, missing):
 
     return RawData(
         name=name,
-        train_x=images(train.data), train_y=torch.as_tensor(train.targets, dtype=torch.int64),
-        test_x=images(test.data), test_y=torch.as_tensor(test.targets, dtype=torch.int64),
-        num_classes=len(train.classes), mean=mean, std=std, class_names=list(train.classes),
+        train_x=images(train.data), train_y=train_y, test_x=images(test.data), test_y=test_y,
+        num_classes=num_classes, mean=mean, std=std, class_names=list(train.classes),
     )
+
+
+def download_torchvision(dataset_class, name, root):
+    """Download with torchvision into a temporary folder inside ``root`` and move the dataset's
+    folder into place only once both splits passed torchvision's checks (md5 of the archive,
+    and for CIFAR of every extracted file). torchvision itself downloads and extracts in place,
+    where a broken download or extraction could leave files that a later run would trust."""
+    folder = getattr(dataset_class, "base_folder", dataset_class.__name__)  # cifar-10-batches-py, MNIST
+    source = getattr(dataset_class, "url", None) or dataset_class.mirrors[0]
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".download-{folder}-", dir=root) as tmp:
+        try:
+            for train in (True, False):
+                dataset_class(tmp, train=train, download=True)
+        except Exception as err:  # urllib, http.client, a checksum mismatch, a broken archive
+            reason = " ".join(str(err).split())[:300] or type(err).__name__
+            raise DatasetMissing(
+                f"could not download {name} from {source} to {root} ({type(err).__name__}: {reason}); "
+                "check the network, or place the files there by hand"
+            ) from None
+        target = root / folder
+        if target.exists():  # an earlier copy that failed the checks: it goes with the temporary folder
+            os.replace(target, Path(tmp) / "replaced")
+        os.replace(Path(tmp) / folder, target)
 
 
 def load_digits(cfg):
