@@ -78,6 +78,8 @@ def check_plugin_folder(folder):
 
 
 def parse_seeds(text):
+    if not text.strip():
+        raise ConfigError("--seeds is empty; write comma-separated integers like 0,1,2 (or leave it out for the experiment's seeds)")
     try:
         seeds = [int(s) for s in text.split(",")]
     except ValueError:
@@ -85,11 +87,42 @@ def parse_seeds(text):
     return seeds
 
 
+def check_writable_dir(path, flag):
+    """``path`` is a folder this process can write, or can be created as one (nothing is created here)."""
+    path = Path(path).expanduser()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{flag} {path}: {existing} is a file, not a folder; name a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: {existing} is not writable; name a folder you can write")
+
+
+def check_writable_file(path, flag):
+    """``path`` can be written as a file: its folder exists and is writable, and it is no folder."""
+    path = Path(path).expanduser()
+    folder = path.parent
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder; name a file")
+    if not folder.is_dir():
+        raise ConfigError(f"{flag} {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError(f"{flag} {path} is not writable")
+
+
 def cmd_run(args):
     from kdbench import engine, experiment, leaderboard, runner
 
     folder = check_plugin_folder(args.plugin).resolve()
-    seeds = parse_seeds(args.seeds) if args.seeds else None
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    check_writable_dir(args.out, "--out")
+    if args.cache:
+        check_writable_dir(args.cache, "--cache")
+    else:
+        from kdbench.teachers import default_cache_dir
+
+        check_writable_dir(default_cache_dir(), "the teacher cache ($KDBENCH_CACHE)")
     runner.registry_for.cache_clear()  # a fresh registry, so each run verifies its teachers anew
     registry = runner.registry_for((str(folder),), args.strict_plugins)
     cells, seeds, profile = experiment.expand(folder, registry, grid=args.grid, sets=args.sets, profile=args.profile, seeds=seeds, plugin_dirs=[folder])
@@ -137,6 +170,11 @@ def cmd_leaderboard(args):
     for d in args.dirs:
         if not Path(d).is_dir():
             raise ConfigError(f"run folder {d!r} does not exist; pass the --out folder of a run")
+    if args.plot:
+        check_writable_file(args.plot, "--plot")
+        check_plot_format(args.plot)
+    if args.out:
+        check_writable_file(args.out, "--out")
     records = list(store.iter_records(args.dirs))
     text = leaderboard.render(records, args.format, args.sort)
     if args.plot:
@@ -150,6 +188,18 @@ def cmd_leaderboard(args):
     return 0
 
 
+def check_plot_format(path):
+    """The --plot file's extension is one that matplotlib writes."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ConfigError("--plot needs matplotlib: pip install matplotlib") from None
+    formats = Figure().canvas.get_supported_filetypes()
+    suffix = Path(path).suffix.lstrip(".").lower()
+    if suffix not in formats:
+        raise ConfigError(f"--plot {path}: unknown image format {suffix!r}; valid: {', '.join(sorted(formats))}")
+
+
 def cmd_teachers(args):
     from kdbench.teachers import META, default_cache_dir
 
@@ -160,12 +210,11 @@ def cmd_teachers(args):
     for meta_path in sorted((root / "teachers").glob(f"*/{META}")):
         try:
             meta = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError):
+            spec, metrics = meta["spec"], meta.get("trained_metrics", {})
+            score = next((f"{k}={v:.2f}" for k, v in metrics.items() if k.endswith("_best")), "")
+            rows.append([meta["key"], spec["model"], spec["data"]["name"], spec["method"], score, meta.get("created", "")])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):  # ValueError covers bad JSON and UTF-8
             rows.append([meta_path.parent.name, "?", "?", "?", "unreadable meta.json", ""])
-            continue
-        spec, metrics = meta["spec"], meta.get("trained_metrics", {})
-        score = next((f"{k}={v:.2f}" for k, v in metrics.items() if k.endswith("_best")), "")
-        rows.append([meta["key"], spec["model"], spec["data"]["name"], spec["method"], score, meta.get("created", "")])
     if not rows:
         print(f"no cached teachers in {root}")
         return 0

@@ -59,3 +59,111 @@ class MeasureConfig:
     throughput_repeats: int = 10
     latency_repeats: int = 30
     warmup: int = 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Range checks: every cell's sections pass these at expansion, before anything trains.
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("none", "cosine", "step", "multistep")
+MAX_SEED = 2**64 - 1  # what torch.manual_seed accepts
+
+
+def fail(key, value, valid):
+    from kdbench.errors import ConfigError
+
+    raise ConfigError(f"invalid {key} = {value!r}; valid: {valid}")
+
+
+def is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value):
+    import math
+
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_int(section, where, key, low, high=None):
+    value = section[key]
+    if not is_int(value) or value < low or (high is not None and value > high):
+        fail(f"{where}.{key}", value, f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}")
+
+
+def check_float(section, where, key, low, strict=False, high=None, high_open=False):
+    """section[key] is a finite number >= low (> low if strict), and <= high (< high if high_open)."""
+    value = section[key]
+    if not is_number(value) or value < low or (strict and value == low) or (
+            high is not None and (value > high or (high_open and value == high))):
+        valid = f"a number {'>' if strict else '>='} {low}"
+        if high is not None:
+            valid += f" and {'<' if high_open else '<='} {high}"
+        fail(f"{where}.{key}", value, valid)
+
+
+def check_betas(section, where, key):
+    betas = section[key]
+    if not (isinstance(betas, list) and len(betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in betas)):
+        fail(f"{where}.{key}", betas, "two numbers in [0, 1), e.g. 0.9+0.999")
+
+
+def check_choice(section, where, key, choices):
+    if section[key] not in choices:
+        fail(f"{where}.{key}", section[key], ", ".join(choices))
+
+
+def check_seed(value, key):
+    if not is_int(value) or not 0 <= value <= MAX_SEED:
+        fail(key, value, "an integer from 0 to 2**64-1")
+
+
+def check_train(train, where="train"):
+    """Ranges and choices of a [train] section (a dict of every TrainConfig field)."""
+    for key in ("epochs", "batch_size", "eval_every", "checkpoint_every", "step_size", "eval_batch_size"):
+        check_int(train, where, key, 1)
+    for key in ("steps_per_epoch", "t_max", "threads"):
+        check_int(train, where, key, 0)
+    check_choice(train, where, "optimizer", OPTIMIZERS)
+    check_choice(train, where, "schedule", SCHEDULES)
+    check_float(train, where, "lr", 0, strict=True)
+    check_float(train, where, "gamma", 0, strict=True)
+    for key in ("momentum", "weight_decay", "eta_min", "grad_clip"):
+        check_float(train, where, key, 0)
+    check_betas(train, where, "betas")
+    milestones = train["milestones"]
+    if not (isinstance(milestones, list) and all(is_int(m) and m >= 1 for m in milestones)):
+        fail(f"{where}.milestones", milestones, "epochs as integers >= 1, e.g. 30+60")
+    if train["nesterov"] and train["optimizer"] == "sgd" and train["momentum"] == 0:
+        fail(f"{where}.nesterov", True, "false when momentum is 0 (Nesterov needs momentum)")
+
+
+def check_data(data, where="data"):
+    """Ranges and choices of a [data] section (a dict of every DataConfig field)."""
+    from kdbench.data.bundle import AUGMENTATIONS, NORMALIZATIONS
+
+    check_int(data, where, "val_size", 1)
+    for key in ("train_subset", "test_subset", "crop_padding"):
+        check_int(data, where, key, 0)
+    check_seed(data["split_seed"], f"{where}.split_seed")
+    check_choice(data, where, "normalize", NORMALIZATIONS)
+    augment = data["augment"]
+    if not (isinstance(augment, list) and all(op in AUGMENTATIONS for op in augment)):
+        fail(f"{where}.augment", augment, f"a list of {', '.join(AUGMENTATIONS)} (e.g. crop+hflip), or none")
+
+
+def check_measure(measure, where="measure"):
+    for key in ("throughput_batch", "throughput_repeats", "latency_repeats"):
+        check_int(measure, where, key, 1)
+    check_int(measure, where, "warmup", 0)
+
+
+def check_seeds(seeds, where):
+    """A non-empty list of distinct seeds, each one torch accepts."""
+    if not isinstance(seeds, list) or not seeds:
+        fail(where, seeds, "a non-empty list of integers, e.g. 0,1,2")
+    for seed in seeds:
+        check_seed(seed, where)
+    if len(set(seeds)) != len(seeds):
+        duplicate = next(s for s in seeds if seeds.count(s) > 1)
+        fail(where, seeds, f"distinct seeds ({duplicate} is listed twice: it would train the same run twice)")

@@ -38,7 +38,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kdbench.config import DataConfig, MeasureConfig, TeacherConfig, TrainConfig
+from kdbench.config import (DataConfig, MeasureConfig, TeacherConfig, TrainConfig, check_data, check_measure, check_seed,
+                             check_seeds, check_train)
 from kdbench.errors import ConfigError, did_you_mean
 
 SECTIONS = {"data": DataConfig, "train": TrainConfig, "measure": MeasureConfig}
@@ -302,10 +303,11 @@ class Resolver:
         for key, value in settings.items():
             set_dotted(doc, key, value)
         data = section(DataConfig, doc.get("data", {}), "data")
-        if data["val_size"] < 1:
-            raise ConfigError("data.val_size must be at least 1: the best epoch is chosen on the validation split, never on test")
+        check_data(data)  # val_size >= 1: the best epoch is chosen on the validation split, never on test
         train = section(TrainConfig, doc.get("train", {}), "train")
+        check_train(train)
         measure = section(MeasureConfig, doc.get("measure", {}), "measure")
+        check_measure(measure)
         student = dict(doc.get("student", {}))
         if not student.get("model"):
             raise ConfigError("the experiment names no student model; set [student] model = ... or --set student.model=...")
@@ -314,6 +316,8 @@ class Resolver:
             if key != "model" and key not in student_options:
                 raise ConfigError(f"student model {student['model']!r} has no option {key!r}; its options: {', '.join(student_options) or '(none)'}")
         method_cls = self.registry.get("methods", arm)
+        if not method_cls.uses_data and not train["steps_per_epoch"]:
+            raise ConfigError(f"method {arm!r} is data-free: set train.steps_per_epoch to an integer >= 1 (it is 0: one pass over no data)")
         method_fields = field_defaults(method_cls.Config)
         unknown = set(doc.get("method", {})) - set(self.method_fields())
         if unknown:
@@ -321,6 +325,7 @@ class Resolver:
         method = {"name": arm} | {
             k: check_type(doc.get("method", {}).get(k, d), d, f"method.{k}") for k, d in method_fields.items()
         }
+        check_method_options(method_cls, method, arm)
         teacher = doc.get("teacher", {})
         if method_cls.needs_teacher:
             teacher = resolve_teacher(self.registry, teacher, data)
@@ -355,7 +360,10 @@ def resolve_teacher(registry, teacher, data):
         else:
             raise ConfigError(f"teacher model {teacher['model']!r} has no option {key!r}; its options: {', '.join(options) or '(none)'}")
     spec["train"] = section(TrainConfig, spec["train"], "teacher.train")
+    check_train(spec["train"], "teacher.train")
     spec["data"] = section(DataConfig, data | spec["data"], "teacher.data")
+    check_data(spec["data"], "teacher.data")
+    check_seed(spec["seed"], "teacher.seed")
     method_cls = registry.get("methods", spec["method"])
     if method_cls.needs_teacher:
         raise ConfigError(f"teacher method {spec['method']!r} itself needs a teacher; use one that trains from labels (scratch)")
@@ -364,7 +372,19 @@ def resolve_teacher(registry, teacher, data):
         if key not in fields:
             raise ConfigError(f"teacher method {spec['method']!r} has no option {key!r}; valid: {', '.join(sorted(fields))}")
     spec["method_options"] = fields | spec["method_options"]
+    check_method_options(method_cls, spec["method_options"], spec["method"], "teacher.method_options")
     return spec
+
+
+def check_method_options(method_cls, options, arm, where="method"):
+    """Instantiate the method's Config, so that its __post_init__ range checks run now."""
+    options = {k: v for k, v in options.items() if k != "name"}
+    try:
+        method_cls.Config(**options)
+    except ConfigError:
+        raise
+    except Exception as exc:  # a plugin's check that raised something else still stops the grid here
+        raise ConfigError(f"{where} of {arm!r}: {type(exc).__name__}: {exc}") from None
 
 
 def default_of(f):
@@ -445,8 +465,12 @@ def expand(folder, registry, grid=(), sets=(), profile=None, seeds=None, plugin_
             if cell.id not in seen:
                 seen.add(cell.id)
                 cells.append(cell)
-    seeds = list(seeds) if seeds is not None else list(doc.get("experiment", {}).get("seeds", [0]))
-    return cells, seeds, profile
+    if seeds is not None:
+        check_seeds(list(seeds), "--seeds")
+    else:
+        seeds = doc.get("experiment", {}).get("seeds", [0])
+        check_seeds(seeds, "experiment.seeds")
+    return cells, list(seeds), profile
 
 
 def axis_value(name, axis, raw, resolver, settings):

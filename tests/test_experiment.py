@@ -60,7 +60,7 @@ def test_set_profile_seeds_and_config_key_axes(setup):
     ({"sets": ["teacher.depth=2"]}, "unknown key 'teacher.depth'"),
     ({"sets": ["lr"]}, "expected KEY=VALUE"),
     ({"profile": "paper"}, "unknown profile 'paper'"),
-    ({"sets": ["data.val_size=0"]}, "data.val_size must be at least 1"),
+    ({"sets": ["data.val_size=0"]}, "invalid data.val_size = 0; valid: an integer >= 1"),
 ])
 def test_bad_grid_and_set_are_rejected_before_training(setup, args, message):
     folder, registry = setup

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import kdbench
+from kdbench.config import check_float, check_int
 from kdbench.errors import ConfigError
 from kdbench.method import Method
 
@@ -30,8 +31,7 @@ from .models import generator_a, resnet34_imagenet
 
 
 def check_steps(config):
-    if config.student_steps < 1:
-        raise ConfigError(f"method.student_steps must be >= 1, got {config.student_steps}")
+    check_int(vars(config), "method", "student_steps", 1)
 
 
 @dataclass
@@ -44,15 +44,29 @@ class AKDConfig:
     lr_g: float = 1e-3  # Adam, default betas, no weight decay (the seed's optim.Adam(G, lr_G))
     peer: dict = field(default_factory=dict)  # {} = a generator per student (DFAD); see the module doc
 
+    def __post_init__(self):
+        check_steps(self)
+        for key in ("generator_steps", "nz", "ngf"):
+            check_int(vars(self), "method", key, 1)
+        check_float(vars(self), "method", "lr_g", 0, strict=True)
+        if self.peer and (not isinstance(self.peer, dict) or "model" not in self.peer):
+            raise ConfigError(f"method.peer must be a student spec like {{model = \"resnet18\", width = 0.5}}, got {self.peer!r}")
+
 
 @dataclass
 class RandomConfig:
     student_steps: int = 15
 
+    def __post_init__(self):
+        check_steps(self)
+
 
 @dataclass
 class KDRealConfig:
     student_steps: int = 15
+
+    def __post_init__(self):
+        check_steps(self)
 
 
 class AKD(Method):
@@ -62,7 +76,6 @@ class AKD(Method):
     uses_data = False
 
     def __init__(self, config, ctx):
-        check_steps(config)
         super().__init__(config, ctx)
         self.batch_size = ctx.train["batch_size"]
         generator = ctx.build_model("generators", config.generator, nz=config.nz, ngf=config.ngf)
@@ -72,8 +85,6 @@ class AKD(Method):
                                    betas=[0.9, 0.999], weight_decay=0.0)
         self.peer = self.peer_opt = None
         if config.peer:
-            if not isinstance(config.peer, dict) or "model" not in config.peer:
-                raise ConfigError(f"method.peer must be a student spec like {{model = \"resnet18\", width = 0.5}}, got {config.peer!r}")
             options = {k: v for k, v in config.peer.items() if k != "model"}
             self.peer = ctx.add_module("peer", ctx.build_model("students", config.peer["model"], **options))
             self.peer_opt = ctx.optimizer(self.peer.parameters())
@@ -148,7 +159,6 @@ class AKDRandom(Method):
     uses_data = False
 
     def __init__(self, config, ctx):
-        check_steps(config)
         super().__init__(config, ctx)
 
     def train_step(self, batch):
@@ -172,7 +182,6 @@ class AKDKDReal(Method):
     uses_data = False  # it draws its own real batches: student_steps of them per train_step
 
     def __init__(self, config, ctx):
-        check_steps(config)
         super().__init__(config, ctx)
         self.rng = torch.Generator(device="cpu").manual_seed(ctx.seed)
         self.stream = self.batches()

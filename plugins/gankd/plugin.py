@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 import kdbench
+from kdbench.config import check_choice, check_float, check_int
 from kdbench.errors import ConfigError
 from kdbench.losses import feature_mse
 from kdbench.method import Method
@@ -52,12 +53,29 @@ class GANConfig:
     fd_lr: float = 2e-3  # Adam
     fd_train_subset: int = 20000
 
+    def __post_init__(self):
+        values = vars(self)
+        for key in ("lr", "fd_lr"):
+            check_float(values, "method", key, 0, strict=True)
+        for key in ("beta1", "beta2", "d_dropout"):
+            check_float(values, "method", key, 0, high=1, high_open=True)
+        for key in ("d_width", "d_kernel", "grid", "fd_epochs"):
+            check_int(values, "method", key, 1)
+        check_int(values, "method", "eval_samples", 2)  # a Frechet distance needs a covariance
+        check_int(values, "method", "fd_train_subset", 0)
+
 
 @dataclass
 class GANKDConfig(GANConfig):
     adv_weight: float = 0.5  # the seed: 0.5 * adversarial + 0.5 * distillation
     distill_weight: float = 0.5
     match: str = "last"  # which same-shape hidden pairs to match: last (the deepest) | all
+
+    def __post_init__(self):
+        super().__post_init__()
+        for key in ("adv_weight", "distill_weight"):
+            check_float(vars(self), "method", key, 0)
+        check_choice(vars(self), "method", "match", ("last", "all"))
 
 
 def preserving_rng(fn, *args):
@@ -215,8 +233,6 @@ class GANKD(DCGAN):
 
     def __init__(self, config, ctx):
         super().__init__(config, ctx)
-        if config.match not in ("last", "all"):
-            raise ConfigError(f"gankd: match must be 'last' or 'all', got {config.match!r}")
         check_noise(self.student, self.teacher)
         self.pairs = matched_pairs(self.student, self.teacher, self.ctx.device, config.match)
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import kdbench
+from kdbench.config import check_float
 from kdbench.losses import kd_kl_loss
 from kdbench.method import Method
 
@@ -22,6 +23,10 @@ from .models import hinton_cnn, vgg19_bn_torchvision
 class HintonConfig:
     temperature: float = 5.0  # the seed's config default; its README also reports T = 20
     alpha: float = 0.2  # weight of the label loss; the KL term gets (1 - alpha)
+
+    def __post_init__(self):
+        check_float(vars(self), "method", "temperature", 0, strict=True)
+        check_float(vars(self), "method", "alpha", 0, high=1)
 
 
 class HintonKD(Method):

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import kdbench
+from kdbench.config import check_betas, check_choice, check_float, check_int
 from kdbench.errors import ConfigError
 from kdbench.losses import feature_mse, kd_kl_loss
 from kdbench.method import Method
@@ -54,6 +55,18 @@ class VKDTeacherConfig:
     cgan_betas: list = field(default_factory=lambda: [0.5, 0.999])
     mse_weight: float = 1.0  # G loss = BCE(D(G(z, y), y), 1) + mse_weight * MSE(G(z, y), teacher)
 
+    def __post_init__(self):
+        values = vars(self)
+        check_float(values, "method", "temperature", 0, strict=True)
+        check_choice(values, "method", "cgan", CGAN_MODES)
+        check_int(values, "method", "cgan_epochs", 0)
+        for key in ("nz", "hidden", "depth"):
+            check_int(values, "method", key, 1)
+        check_choice(values, "method", "label_input", ("embedding", "onehot"))
+        check_float(values, "method", "cgan_lr", 0, strict=True)
+        check_betas(values, "method", "cgan_betas")
+        check_float(values, "method", "mse_weight", 0)
+
 
 class VKDTeacher(Method):
     """Trains the teacher with cross-entropy and G, D with the cGAN losses of the notebook."""
@@ -63,10 +76,6 @@ class VKDTeacher(Method):
 
     def __init__(self, config, ctx):
         super().__init__(config, ctx)
-        if config.cgan not in CGAN_MODES:
-            raise ConfigError(f"vkd-teacher: cgan must be one of {', '.join(CGAN_MODES)}, got {config.cgan!r}")
-        if config.temperature <= 0:
-            raise ConfigError(f"vkd-teacher: temperature must be > 0, got {config.temperature}")
         self.generator = ctx.add_module(EXTRA, ctx.build_model(
             "generators", GENERATOR, nz=config.nz, hidden=config.hidden, depth=config.depth,
             label_input=config.label_input))
@@ -177,6 +186,9 @@ def knowledge_stats(teacher, generator, data, split, temperature, batch_size=100
 @dataclass
 class VKDConfig:
     temperature: float = 4.0  # notebook: 4
+
+    def __post_init__(self):
+        check_float(vars(self), "method", "temperature", 0, strict=True)
 
 
 class StudentBase(Method):
