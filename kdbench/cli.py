@@ -41,6 +41,14 @@ def build_parser():
     board.add_argument("--out", help="write to this file instead of stdout")
     board.add_argument("--plot", metavar="PNG", help="also save accuracy (or the method's metric) against parameters (needs matplotlib)")
 
+    report = sub.add_parser("report", help="rerun the experiments the READMEs quote (CPU) and rewrite their tables")
+    report.add_argument("--cpu-settings", default="native", metavar="S1,S2", help="CPU settings to run under: native, avx512, avx2, default, or all (= avx512,avx2,default); the first gives the main table")
+    report.add_argument("--only", action="append", default=[], metavar="PLUGIN", help="regenerate only the blocks that run this plugin folder name, e.g. hinton (repeatable)")
+    report.add_argument("--seeds", help="comma-separated seeds (default: each experiment's)")
+    report.add_argument("--out", default="runs/report", help="folder for the run records, one subfolder per CPU setting (default runs/report)")
+    report.add_argument("--cache", default="", help="teacher cache folder, one subfolder per CPU setting (default OUT/cache)")
+    report.add_argument("--root", default=".", help="repository root holding README.md and plugins/ (default .)")
+
     teachers = sub.add_parser("teachers", help="list the teacher cache")
     teachers.add_argument("--cache", default="", help="cache folder (default $KDBENCH_CACHE or ~/.cache/kdbench)")
     return parser
@@ -56,7 +64,8 @@ def main(argv=None):
     # many times slower than one; passive waiting costs little when the machine is quiet.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
-        return {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "teachers": cmd_teachers}[args.command](args)
+        return {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "report": cmd_report,
+                "teachers": cmd_teachers}[args.command](args)
     except KDBenchError as exc:
         print(f"kdbench: error: {exc}", file=sys.stderr)
         return 2
@@ -198,6 +207,15 @@ def check_plot_format(path):
     suffix = Path(path).suffix.lstrip(".").lower()
     if suffix not in formats:
         raise ConfigError(f"--plot {path}: unknown image format {suffix!r}; valid: {', '.join(sorted(formats))}")
+
+
+def cmd_report(args):
+    from kdbench import report
+
+    if args.seeds:
+        parse_seeds(args.seeds)
+    report.generate(args.root, report.parse_settings(args.cpu_settings), args.out, args.cache, args.only, args.seeds)
+    return 0
 
 
 def cmd_teachers(args):

@@ -1,0 +1,318 @@
+"""Regenerable README numbers: rerun the experiments the READMEs quote and rewrite their tables.
+
+A README table is a block between two marker comments; the opening one holds the ``kdbench run``
+arguments of the experiment the table comes from:
+
+    <!-- kdbench-report: plugins/hinton --grid temperature=5,20 -->
+    (written by ``python -m kdbench report``; edits here are overwritten)
+    <!-- /kdbench-report -->
+
+``generate`` finds every block in ``README.md`` and ``plugins/*/README.md``, runs each distinct
+command once per CPU setting (a subprocess, so the ATen/oneDNN variables take effect; CPU only),
+and writes each block: the machine, the command, every arm's primary metric as mean ± 95%
+interval over seeds, the paired gains over the experiment's baseline with their verdicts, and,
+when more than one CPU setting ran, how far levels and gains moved between the settings.
+"""
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from kdbench import leaderboard, stats, store
+from kdbench.errors import ConfigError
+
+# The CPU settings a run can be made under. "native" leaves the machine as it is; the others
+# cap the vectorised kernels of ATen and oneDNN, which emulates CPUs with fewer instruction sets
+# (default/SSE41 is the most different from a modern x86-64 machine).
+CPU_SETTINGS = {
+    "native": {},
+    "avx512": {"ATEN_CPU_CAPABILITY": "avx512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "default": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"},
+}
+ALL_EMULATED = ["avx512", "avx2", "default"]
+
+BLOCK = re.compile(r"(<!-- kdbench-report: (?P<args>[^\n]*?) -->\n)(?P<body>.*?)(<!-- /kdbench-report -->)", re.S)
+NOTE = "(written by `python -m kdbench report`; edits here are overwritten)"
+
+MACHINE_SNIPPET = """
+import json, os, platform, torch
+model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), None) \\
+    if os.path.exists("/proc/cpuinfo") else None
+print(json.dumps({"cpu": model or platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                  "torch": torch.__version__, "capability": torch.backends.cpu.get_cpu_capability(),
+                  "onednn": os.environ.get("ONEDNN_MAX_CPU_ISA", "unset")}))
+"""
+
+
+def readmes(root):
+    root = Path(root)
+    return [p for p in [root / "README.md", *sorted(root.glob("plugins/*/README.md"))] if p.is_file()]
+
+
+def find_blocks(root):
+    """``{readme path: [run arguments of each block]}`` for every README holding blocks."""
+    found = {}
+    for path in readmes(root):
+        args = [m["args"].strip() for m in BLOCK.finditer(path.read_text())]
+        if args:
+            found[path] = args
+    return found
+
+
+def parse_settings(text):
+    names = ALL_EMULATED if text == "all" else [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in names if s not in CPU_SETTINGS]
+    if bad or not names:
+        raise ConfigError(f"unknown CPU setting(s) {', '.join(bad) or repr(text)}; choose from {', '.join(CPU_SETTINGS)} or 'all' (= {','.join(ALL_EMULATED)})")
+    return names
+
+
+def setting_env(name):
+    """This process's environment under CPU setting ``name``, importing this same kdbench."""
+    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
+    here = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([here, *filter(None, [env.get("PYTHONPATH")])])
+    return env | CPU_SETTINGS[name]
+
+
+def machine(name):
+    """The CPU, core count, torch version and the kernels torch picks under CPU setting ``name``."""
+    out = subprocess.run([sys.executable, "-c", MACHINE_SNIPPET], env=setting_env(name), capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def slug(args):
+    return re.sub(r"[^A-Za-z0-9=.,_-]+", "_", args).strip("_")
+
+
+def run_command(args, name, out, cache, seeds=None, log=print):
+    """Run ``kdbench run ARGS`` under CPU setting ``name`` in a subprocess; returns (records, wall s).
+
+    Records go to ``out/name/<args>``, teachers to ``cache/name`` (a teacher trained under one
+    setting is another model than one trained under another). Finished records are reused as
+    ``run`` reuses them.
+    """
+    folder = Path(out) / name / slug(args)
+    argv = [sys.executable, "-m", "kdbench", "run", *shlex.split(args), "--device", "cpu",
+            "--out", str(folder), "--cache", str(Path(cache) / name)]
+    if seeds:
+        argv += ["--seeds", seeds]
+    log(f"kdbench report: [{name}] kdbench run {args}")
+    started = time.time()
+    code = subprocess.run(argv, env=setting_env(name)).returncode
+    wall = time.time() - started
+    if code != 0:
+        raise ConfigError(f"`kdbench run {args}` under CPU setting {name} exited with {code}; its records are in {folder}")
+    return [r for r in store.iter_records([folder]) if r.get("status") == "ok"], wall
+
+
+# ------------------------------------------------------------------------------------------------
+# Tables
+
+
+def cells(records):
+    """Per cell: its first flattened row and ``{seed: row}``, in the leaderboard's order."""
+    rows = [leaderboard.flatten(r) for r in records]
+    grouped = {}
+    for row in rows:
+        grouped.setdefault(row["cell_id"], {})[row["seed"]] = row
+    table = leaderboard.sort_table(leaderboard.summarize(records))
+    order = [c for c in table["cell_id"] if c in grouped] if not table.empty else list(grouped)
+    return [(next(iter(grouped[c].values())), grouped[c]) for c in order]
+
+
+def baseline_of(first, all_cells):
+    """The baseline cell paired with a cell: the experiment's baseline arm with the same student."""
+    for other, by_seed in all_cells:
+        if other["method"] == first["baseline"] and other["student_config"] == first["student_config"]:
+            return by_seed
+    return None
+
+
+def headline_metrics(records):
+    """The primary metric and the other metrics with a declared direction (top-5 aside)."""
+    first = records[0]
+    primary = first["selection"]["metric"]
+    directions = {primary: first["selection"]["direction"]}
+    for record in records:
+        for name, direction in (record.get("directions") or {}).items():
+            if name not in ("top5",) and name not in directions and f"{name}_best" in record["metrics"]:
+                directions[name] = direction
+    return primary, directions
+
+
+def fmt_ci(mean, half, digits=2):
+    if mean != mean:
+        return ""
+    return f"{mean:.{digits}f}" if half != half else f"{mean:.{digits}f} ± {half:.{digits}f}"
+
+
+def fmt_gain(gain, digits=2):
+    if gain.n == 0 or gain.mean != gain.mean:
+        return ""
+    text = f"{gain.mean:+.{digits}f}"
+    if gain.low == gain.low:
+        text += f" [{gain.low:+.{digits}f}, {gain.high:+.{digits}f}]"
+    return text + {True: " ✓", False: " n.s.", None: ""}[gain.significant]
+
+
+def arm_label(first):
+    return f"{first['method']} {first['setting']}".strip()
+
+
+def student_label(first):
+    return f"{first['student']} ({first['params']:,})"
+
+
+def columns(primary, directions):
+    """(header, metric key, epoch) of the value columns: the primary metric best and last, then
+    every other directed metric at the best epoch."""
+    arrow = leaderboard.ARROW
+    cols = [(f"{primary} best {arrow[directions[primary]]}", primary, "best"), (f"{primary} last {arrow[directions[primary]]}", primary, "last")]
+    cols += [(f"{name.replace('_', ' ')} best {arrow[d]}", name, "best") for name, d in directions.items() if name != primary]
+    return cols
+
+
+def render_table(records):
+    """The markdown table of one experiment: teacher rows, then one row per arm."""
+    primary, directions = headline_metrics(records)
+    cols = columns(primary, directions)
+    all_cells = cells(records)
+    baseline = all_cells[0][0]["baseline"]
+    header = ["arm", "student (params)", "seeds", *[c[0] for c in cols], *[f"gain vs {baseline}: {c[0]}" for c in cols]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in leaderboard.teacher_rows(records):
+        values = [fmt_ci(row.get(f"{key}_{epoch}", float("nan")), float("nan")) for _, key, epoch in cols]
+        lines.append("| " + " | ".join(["teacher", f"{row['student']} ({row['params']:,})", "", *values, *[""] * len(cols)]) + " |")
+    for first, by_seed in all_cells:
+        base = baseline_of(first, all_cells)
+        values, gains = [], []
+        for _, key, epoch in cols:
+            column = f"{key}_{epoch}"
+            mean, half, _ = stats.mean_ci([row.get(column, float("nan")) for row in by_seed.values()])
+            values.append(fmt_ci(mean, half))
+            if base is None or base is by_seed:
+                gains.append("")
+            else:
+                gain = stats.paired_gain({s: r.get(column, float("nan")) for s, r in by_seed.items()},
+                                         {s: r.get(column, float("nan")) for s, r in base.items()}, directions[key])
+                gains.append(fmt_gain(gain))
+        lines.append("| " + " | ".join([arm_label(first), student_label(first), str(len(by_seed)), *values, *gains]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def levels(records):
+    """``{arm: mean}`` of the primary metric at the best epoch, teachers included (one seed)."""
+    primary, _ = headline_metrics(records)
+    out = {}
+    for row in leaderboard.teacher_rows(records):
+        out[f"teacher {row['student']}"] = row.get(f"{primary}_best")
+    for first, by_seed in cells(records):
+        out[f"{arm_label(first)} / {first['student']} ({first['params']:,})"] = stats.mean_ci([r[f"{primary}_best"] for r in by_seed.values()])[0]
+    return out
+
+
+def gains_best(records):
+    """``{arm: Gain}`` of the primary metric at the best epoch against the baseline."""
+    primary, directions = headline_metrics(records)
+    all_cells = cells(records)
+    out = {}
+    for first, by_seed in all_cells:
+        base = baseline_of(first, all_cells)
+        if base is not None and base is not by_seed:
+            column = f"{primary}_best"
+            out[f"{arm_label(first)} / {first['student']} ({first['params']:,})"] = stats.paired_gain(
+                {s: r[column] for s, r in by_seed.items()}, {s: r[column] for s, r in base.items()}, directions[primary])
+    return out
+
+
+def render_settings(by_setting):
+    """How far each arm's level and gain moved across the CPU settings (primary metric, best epoch)."""
+    names = list(by_setting)
+    primary, _ = headline_metrics(next(iter(by_setting.values())))
+    level = {n: levels(by_setting[n]) for n in names}
+    gain = {n: gains_best(by_setting[n]) for n in names}
+    arms = list(dict.fromkeys(a for n in names for a in level[n]))
+    header = ["arm", *[f"{n}: {primary} best" for n in names], "level moved", *[f"{n}: gain" for n in names]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    moves = {}
+    for arm in arms:
+        values = [level[n].get(arm) for n in names]
+        known = [v for v in values if v is not None]
+        moves[arm] = max(known) - min(known) if len(known) > 1 else float("nan")
+        cells_ = [fmt_ci(v, float("nan")) if v is not None else "" for v in values]
+        gains = [fmt_gain(gain[n][arm]) if arm in gain[n] else "" for n in names]
+        lines.append("| " + " | ".join([arm, *cells_, fmt_ci(moves[arm], float("nan")), *gains]) + " |")
+    worst = max((a for a in moves if moves[a] == moves[a]), key=lambda a: moves[a], default=None)
+    held = [a for a in gain[names[0]] if all(a in gain[n] and gain[n][a].significant for n in names)]
+    summary = (f"Across the CPU settings {', '.join(names)}, the levels ({primary} at the best epoch, mean over seeds) "
+               f"moved by up to {moves[worst]:.2f} ({worst})" if worst else "")
+    summary += f"; gains significant under every setting: {', '.join(held) if held else 'none'}."
+    return "\n".join(lines) + "\n\n" + summary + "\n"
+
+
+def describe_machine(info, name):
+    env = " ".join(f"{k}={v}" for k, v in CPU_SETTINGS[name].items()) or "no CPU variables set"
+    return (f"{info['cpu']}, {info['cores']} cores, torch {info['torch']}, CPU capability {info['capability']} "
+            f"(setting `{name}`: {env})")
+
+
+def render_block(args, by_setting, machines, walls):
+    first = next(iter(by_setting))
+    records = by_setting[first]
+    seeds = sorted({r["seed"] for r in records})
+    commits = sorted({(r.get("provenance") or {}).get("git_commit") or "unknown" for rs in by_setting.values() for r in rs})
+    parts = [NOTE, "",
+             f"`python -m kdbench run {args}` — {len(seeds)} seeds ({', '.join(map(str, seeds))}), CPU, "
+             f"code at commit {', '.join(c[:7] for c in commits)}; {describe_machine(machines[first], first)}; wall time {walls[first]:.0f} s "
+             "(a shared machine: timings are noisy).", "",
+             render_table(records),
+             "Mean ± half-width of the 95% Student-t interval over seeds; gains are paired by seed against the "
+             "baseline arm with the same student, [95% interval], ✓ when it excludes zero, n.s. (not significant) "
+             "when it does not; ↑/↓: higher/lower is better.", ""]
+    if len(by_setting) > 1:
+        parts += [render_settings(by_setting)]
+    return "\n".join(parts)
+
+
+def generate(root=".", settings=("native",), out="runs/report", cache="", only=None, seeds=None, log=print):
+    """Rerun every README block's experiment under each CPU setting and rewrite the blocks.
+
+    ``only``: plugin folder names (``hinton``) whose blocks are regenerated; the rest stay.
+    Returns the README paths written.
+    """
+    root = Path(root)
+    blocks = find_blocks(root)
+    if not blocks:
+        raise ConfigError(f"no <!-- kdbench-report: ... --> blocks in {root}/README.md or {root}/plugins/*/README.md")
+    commands = list(dict.fromkeys(a for args in blocks.values() for a in args))
+    if only:
+        known = {Path(shlex.split(a)[0]).name for a in commands}
+        unknown = set(only) - known
+        if unknown:
+            raise ConfigError(f"no README block runs {', '.join(sorted(unknown))}; blocks run: {', '.join(sorted(known))}")
+        commands = [a for a in commands if Path(shlex.split(a)[0]).name in only]
+    cache = cache or str(Path(out) / "cache")
+    machines = {name: machine(name) for name in settings}
+    bodies = {}
+    for args in commands:
+        by_setting, walls = {}, {}
+        for name in settings:
+            by_setting[name], walls[name] = run_command(args, name, out, cache, seeds, log)
+        if not by_setting[settings[0]]:
+            raise ConfigError(f"`kdbench run {args}` finished no run")
+        bodies[args] = render_block(args, by_setting, machines, walls)
+    written = []
+    for path, args in blocks.items():
+        text = path.read_text()
+        new = BLOCK.sub(lambda m: m.group(1) + bodies[m["args"].strip()] + "\n" + m.group(4) if m["args"].strip() in bodies else m.group(0), text)
+        if new != text:
+            path.write_text(new)
+            written.append(path)
+            log(f"kdbench report: wrote {path}")
+    return written

@@ -1,0 +1,47 @@
+"""``kdbench report``: README blocks rerun and rewritten, under two CPU settings (subprocesses)."""
+import pytest
+
+from conftest import write_plugin
+from kdbench import report
+from kdbench.errors import ConfigError
+
+
+def readme(root, plugin):
+    text = ("# Title\n\nKept as written.\n\n"
+            f"<!-- kdbench-report: {plugin} --grid temperature=8 -->\nold table\n<!-- /kdbench-report -->\n\nAlso kept.\n")
+    (root / "README.md").write_text(text)
+    return text
+
+
+def test_report_reruns_the_block_and_writes_intervals_machine_and_settings(tmp_path):
+    plugin = write_plugin(tmp_path / "softkd")
+    readme(tmp_path, plugin)
+    written = report.generate(tmp_path, ["native", "default"], out=str(tmp_path / "runs"), seeds="0,1,2", log=lambda *_: None)
+    assert written == [tmp_path / "README.md"]
+    text = (tmp_path / "README.md").read_text()
+    assert text.startswith("# Title\n\nKept as written.\n\n") and text.endswith("<!-- /kdbench-report -->\n\nAlso kept.\n")
+    assert "old table" not in text and f"`python -m kdbench run {plugin} --grid temperature=8` — 3 seeds (0, 1, 2)" in text
+    assert "setting `native`" in text and "torch " in text
+    row = next(line for line in text.splitlines() if line.startswith("| soft-kd |"))
+    assert " ± " in row and ("✓" in row or "n.s." in row)  # mean ± interval; the gain's verdict
+    assert "| teacher |" in text
+    # the second setting: levels and gains per setting, and how far the levels moved
+    assert "native: top1 best" in text and "default: top1 best" in text and "level moved" in text
+    assert (tmp_path / "runs" / "cache" / "default" / "teachers").is_dir()  # a teacher cache per setting
+
+    # regenerating from the finished records rewrites the same block (the text is stable)
+    report.generate(tmp_path, ["native", "default"], out=str(tmp_path / "runs"), seeds="0,1,2", log=lambda *_: None)
+    again = (tmp_path / "README.md").read_text()
+    strip = lambda t: [l for l in t.splitlines() if "wall time" not in l]
+    assert strip(again) == strip(text)
+
+
+def test_report_rejects_bad_settings_and_unknown_plugins_before_running(tmp_path):
+    with pytest.raises(ConfigError, match="unknown CPU setting.*avx3.*native, avx512, avx2, default"):
+        report.parse_settings("native,avx3")
+    assert report.parse_settings("all") == ["avx512", "avx2", "default"]
+    with pytest.raises(ConfigError, match="no <!-- kdbench-report"):
+        report.generate(tmp_path)
+    readme(tmp_path, write_plugin(tmp_path / "softkd"))
+    with pytest.raises(ConfigError, match="no README block runs hinton; blocks run: softkd"):
+        report.generate(tmp_path, only=["hinton"])
