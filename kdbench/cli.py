@@ -184,7 +184,11 @@ def cmd_leaderboard(args):
         check_plot_format(args.plot)
     if args.out:
         check_writable_file(args.out, "--out")
-    records = list(store.iter_records(args.dirs))
+    unreadable = []
+    records = list(store.iter_records(args.dirs, unreadable))
+    if unreadable:
+        print(f"kdbench: {len(unreadable)} unreadable record(s) left out (`kdbench run` redoes them): "
+              + "; ".join(str(exc) for exc in unreadable), file=sys.stderr)
     text = leaderboard.render(records, args.format, args.sort)
     if args.plot:
         leaderboard.plot(records, args.plot)

@@ -5,6 +5,8 @@ validation and best-epoch tracking, periodic checkpoints and resuming an interru
 """
 import contextlib
 import functools
+import hashlib
+import io
 import json
 import math
 import os
@@ -16,9 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kdbench import store
 from kdbench.errors import CheckpointError, NonFiniteLoss
 
 CHECKPOINT = "checkpoint.pt"
+CHECKSUM_HEADER = b"kdbench checkpoint sha256="  # first line of a checkpoint file; torch.save's bytes follow
 DATA_SOURCE_KEYS = ("name", "root", "download", "split_seed")  # what the raw arrays depend on
 HISTORY = "history.jsonl"
 
@@ -343,14 +347,25 @@ def save_checkpoint(path, ctx, method, shuffle, state):
         "rng": {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state(), "cuda": torch.cuda.get_rng_state_all() if ctx.device.type == "cuda" else []},
         "state": state,
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getvalue()
+    store.write_bytes(path, CHECKSUM_HEADER + hashlib.sha256(data).hexdigest().encode() + b"\n" + data)
+
+
+def read_checkpoint(path, device):
+    """The payload of a checkpoint written by save_checkpoint, after its checksum is verified."""
+    header, _, data = path.read_bytes().partition(b"\n")
+    if not header.startswith(CHECKSUM_HEADER):
+        raise CheckpointError("it has no checksum header (damaged, or written by an older kdbench)")
+    if hashlib.sha256(data).hexdigest().encode() != header[len(CHECKSUM_HEADER):]:
+        raise CheckpointError("it fails its sha256 checksum")
+    return torch.load(io.BytesIO(data), map_location=device, weights_only=True)
 
 
 def load_checkpoint(path, ctx, method, shuffle):
     try:
-        payload = torch.load(path, map_location=ctx.device, weights_only=True)
+        payload = read_checkpoint(path, ctx.device)
         for name, module in ctx.modules.items():
             module.load_state_dict(payload["modules"][name])
         for opt, saved in zip(ctx.optimizers, payload["optimizers"], strict=True):
@@ -365,7 +380,8 @@ def load_checkpoint(path, ctx, method, shuffle):
             torch.cuda.set_rng_state_all([s.cpu() for s in payload["rng"]["cuda"]])
     except Exception as exc:
         path.unlink(missing_ok=True)
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); it was removed") from None
+        reason = str(exc) if isinstance(exc, CheckpointError) else f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        raise CheckpointError(f"checkpoint {path} is unreadable ({reason}); it was removed") from None
     state = payload["state"]
     if state["best_state"] is not None:
         state["best_state"] = {k: v.cpu() for k, v in state["best_state"].items()}

@@ -49,15 +49,20 @@ def run_grid(cells, seeds, options, executor=None, log=print):
     for cell in cells:
         for seed in seeds:
             job = Job(cell, seed, options)
-            if not options.force and store.is_finished(job.folder):
-                records.append(store.read_record(job.folder) | {"baseline": cell.baseline})  # as the file says now
+            try:
+                record = store.load_record(job.folder)
+            except store.UnreadableRecord as exc:  # never trusted: the run is done again
+                log(f"kdbench: record {exc}; running it again")
+                record = None
+            if not options.force and record is not None and record["status"] == "ok":
+                records.append(record | {"baseline": cell.baseline})  # as the file says now
             else:
                 jobs.append(job)
     if records:
         log(f"kdbench: {len(records)} finished run(s) reused from {options.out} (--force redoes them)")
     all_ok = True
     for i, (job, record) in enumerate(executor.map(run_job, jobs), 1):
-        store.write_json(job.folder / store.RECORD, record)
+        store.write_record(job.folder, record)
         records.append(record)
         if record["status"] == "ok":
             log(f"[{i}/{len(jobs)}] {job.cell.name} seed {job.seed}: {headline(record)}")

@@ -1,30 +1,94 @@
 """Run records: one folder per (cell, seed), one JSON record written atomically (temp file +
-rename), safe when many processes share a file system. No torch here."""
+rename), safe when many processes share a file system. No torch here.
+
+A record carries a "sha256" of its canonical JSON body (every other key, sorted, compact), checked
+on read: a record that is not valid UTF-8 or JSON, lacks a key the leaderboard needs, or fails its
+checksum is unreadable, so ``run`` redoes it and ``leaderboard`` names it. A record without a
+"sha256" (written before records had one) is trusted as it stands.
+"""
+import hashlib
 import json
 import os
+import secrets
 from pathlib import Path
 
 RECORD = "record.json"
 CONFIG = "config.json"
+REQUIRED = ("experiment", "cell_id", "method", "seed", "status", "labels", "config")
+REQUIRED_OK = ("metrics", "selection", "student")  # what a finished run must also report
+
+
+class UnreadableRecord(Exception):
+    def __init__(self, path, reason):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = str(path), reason
 
 
 def run_dir(out, cell, seed):
     return Path(out) / cell.experiment / cell.name / f"seed{seed}"
 
 
-def write_json(path, payload):
+def temp_path(path):
+    """A temporary name beside ``path`` that no other process or thread picks (pid + random)."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def write_bytes(path, data):
+    """Write ``data`` to ``path`` atomically: readers see the old file or the new one, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
+    tmp = temp_path(path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path, payload):
+    write_bytes(path, json.dumps(payload, indent=2, default=str).encode())
+
+
+def record_digest(body):
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def write_record(folder, record):
+    """Write ``record`` to ``folder`` with the checksum of its body (as JSON will read it back)."""
+    body = json.loads(json.dumps({k: v for k, v in record.items() if k != "sha256"}, default=str))
+    write_json(Path(folder) / RECORD, body | {"sha256": record_digest(body)})
+
+
+def load_record(folder):
+    """The record in ``folder``, None when there is none; raises UnreadableRecord saying why."""
+    path = Path(folder) / RECORD
+    try:
+        record = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise UnreadableRecord(path, exc.strerror or type(exc).__name__) from None
+    except UnicodeDecodeError:
+        raise UnreadableRecord(path, "not valid UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise UnreadableRecord(path, f"not valid JSON, truncated? ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(record, dict):
+        raise UnreadableRecord(path, "not a JSON object")
+    digest = record.pop("sha256", None)
+    if digest is not None and digest != record_digest(record):
+        raise UnreadableRecord(path, "fails its sha256 checksum (edited or damaged)")
+    missing = [k for k in REQUIRED + (REQUIRED_OK if record.get("status") == "ok" else ()) if k not in record]
+    if missing:
+        raise UnreadableRecord(path, f"lacks {', '.join(missing)}")
+    return record
 
 
 def read_record(folder):
     """The record in ``folder``, or None when there is none or it is unreadable."""
     try:
-        return json.loads((Path(folder) / RECORD).read_text())
-    except (OSError, json.JSONDecodeError):
+        return load_record(folder)
+    except UnreadableRecord:
         return None
 
 
@@ -33,11 +97,17 @@ def is_finished(folder):
     return record is not None and record.get("status") == "ok"
 
 
-def iter_records(folders):
-    """Every readable record under ``folders`` (searched recursively)."""
+def iter_records(folders, unreadable=None):
+    """Every readable record under ``folders`` (searched recursively); the unreadable ones are
+    appended to the list ``unreadable`` (as UnreadableRecord, with .path and .reason) if given."""
     for folder in folders:
         for path in sorted(Path(folder).rglob(RECORD)):
-            record = read_record(path.parent)
+            try:
+                record = load_record(path.parent)
+            except UnreadableRecord as exc:
+                if unreadable is not None:
+                    unreadable.append(exc)
+                continue
             if record is not None:
                 record.setdefault("run_dir", str(path.parent))
                 yield record

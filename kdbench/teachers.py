@@ -9,6 +9,7 @@ row records the accuracy of the teacher it really used.
 """
 import fcntl
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from kdbench import engine
+from kdbench import engine, store
 from kdbench.errors import CheckpointError
 from kdbench.experiment import config_hash, resolve_teacher
 from kdbench.measure import count_params
@@ -96,10 +97,9 @@ class TeacherCache:
         result = engine.train(method, ctx, desc=f"teacher {spec['model']}")
         extras = {name: m for name, m in ctx.modules.items() if name != "student"}
         modules = {"model": result["best_state"]} | {name: engine.cpu_state(m) for name, m in extras.items()}
-        tmp = folder / (WEIGHTS + ".tmp")
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.save({"modules": modules}, tmp)
-        os.replace(tmp, folder / WEIGHTS)
+        buffer = io.BytesIO()
+        torch.save({"modules": modules}, buffer)
+        store.write_bytes(folder / WEIGHTS, buffer.getvalue())
         meta = {
             "key": teacher_key(spec), "spec": spec, "sha256": sha256_file(folder / WEIGHTS),
             "trained_metrics": result["metrics"], "selection": result["selection"],
@@ -167,6 +167,4 @@ def model_options(spec):
 
 
 def write_json_atomic(path, payload):
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    store.write_bytes(path, json.dumps(payload, indent=2, sort_keys=True, default=str).encode())

@@ -129,3 +129,76 @@ def test_teachers_lists_a_meta_without_spec(tmp_path, capsys):
         path.write_bytes(text if isinstance(text, bytes) else text.encode())
     code, out, err = run_cli(capsys, "teachers", "--cache", tmp_path / "cache")
     assert code == 0 and out.count("unreadable meta.json") == 2, out + err
+
+
+# ---------------------------------------------------------------------------------------------
+# Verify before trusting a file
+
+
+def records_by_seed(root):
+    return {json.loads(p.read_text())["seed"]: json.loads(p.read_text()) for p in Path(root).rglob("record.json")}
+
+
+def test_corrupt_checkpoint_restarts_from_scratch_with_the_clean_metrics(plugin_dir, tmp_path, capsys, monkeypatch):
+    from kdbench import engine
+
+    args = ["run", plugin_dir, "--grid", "method=scratch", "--seeds", "0", "--set", "train.epochs=2", "--cache", tmp_path / "cache"]
+    assert run_cli(capsys, *args, "--out", tmp_path / "clean")[0] == 0
+    clean = records_by_seed(tmp_path / "clean")[0]
+
+    save = engine.save_checkpoint
+
+    def save_then_die(*a, **k):  # as if the process were killed right after the epoch-1 checkpoint
+        save(*a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "save_checkpoint", save_then_die)
+    assert run_cli(capsys, *args, "--out", tmp_path / "runs")[0] == 130
+    monkeypatch.undo()
+    [checkpoint] = (tmp_path / "runs").rglob("checkpoint.pt")
+    data = bytearray(checkpoint.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte in the tensor data: torch.load alone would not notice
+    checkpoint.write_bytes(bytes(data))
+
+    code, _, err = run_cli(capsys, *args, "--out", tmp_path / "runs")
+    assert code == 0 and "fails its sha256 checksum" in err and "afresh" in err and "resuming" not in err
+    again = records_by_seed(tmp_path / "runs")[0]
+    assert again["status"] == "ok" and again["metrics"] == clean["metrics"]
+    history = [json.loads(line)["epoch"] for line in (Path(again["run_dir"]) / "history.jsonl").read_text().splitlines()]
+    assert history == [1, 2]
+
+
+def test_unreadable_records_are_named_and_redone(plugin_dir, tmp_path, cli):
+    args = ("run", str(plugin_dir), "--grid", "method=scratch", "--seeds", "0,1,2,3,4", "--set", "train.epochs=1")
+    assert cli(*args)[0] == 0
+    before = records_by_seed(tmp_path / "runs")
+    paths = {seed: Path(r["run_dir"]) / "record.json" for seed, r in before.items()}
+    text = {seed: path.read_text() for seed, path in paths.items()}
+    paths[0].write_bytes(b"\xff\xfe" + text[0].encode())  # invalid UTF-8
+    paths[1].write_text(text[1][: len(text[1]) // 2])  # truncated
+    missing = json.loads(text[2])
+    del missing["metrics"], missing["sha256"]
+    paths[2].write_text(json.dumps(missing))  # no metrics (and no checksum: an old-style record)
+    edited = json.loads(text[3])
+    edited["metrics"]["top1_best"] += 1.0
+    paths[3].write_text(json.dumps(edited))  # valid JSON, but not what was recorded
+    old_style = json.loads(text[4])
+    del old_style["sha256"]
+    paths[4].write_text(json.dumps(old_style))  # written before records had a checksum: trusted
+
+    code, out, err = cli("leaderboard", str(tmp_path / "runs"))
+    assert code == 0 and err.count("\n") == 1 and "4 unreadable record(s) left out" in err
+    for seed, reason in ((0, "not valid UTF-8"), (1, "not valid JSON"), (2, "lacks metrics"), (3, "fails its sha256 checksum")):
+        assert f"{paths[seed]}: {reason}" in err
+    assert "| scratch" in out
+
+    code, out, _ = cli(*args)
+    assert code == 0 and "1 finished run(s) reused" in out and out.count("running it again") == 4
+    after = records_by_seed(tmp_path / "runs")
+    assert all(after[s]["metrics"] == before[s]["metrics"] for s in range(5))
+    assert cli("leaderboard", str(tmp_path / "runs"))[2] == ""
+
+
+def test_records_and_checkpoints_leave_no_temp_files(plugin_dir, tmp_path, cli):
+    assert cli("run", str(plugin_dir), "--grid", "method=soft-kd", "--seeds", "0", "--set", "train.epochs=2")[0] == 0
+    assert not list(tmp_path.rglob("*.tmp"))
