@@ -121,7 +121,7 @@ def check_writable_file(path, flag):
 
 
 def cmd_run(args):
-    from kdbench import engine, experiment, leaderboard, runner
+    from kdbench import engine, experiment, leaderboard, runner, store
 
     folder = check_plugin_folder(args.plugin).resolve()
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
@@ -143,10 +143,13 @@ def cmd_run(args):
     records, all_ok = runner.run_grid(cells, seeds, options)
     table = leaderboard.render(records, "md")
     print("\n" + table)
+    # the saved leaderboard is the whole experiment's: every record under --out, from this and
+    # earlier commands, each gain against the experiment's current baseline
     target = Path(args.out) / cells[0].experiment
-    (target / "leaderboard.md").write_text(table)
-    (target / "leaderboard.csv").write_text(leaderboard.render(records, "csv"))
-    print(f"kdbench: leaderboard saved to {target}/leaderboard.md and .csv")
+    everything = [r | {"baseline": cells[0].baseline} for r in store.iter_records([target])]
+    (target / "leaderboard.md").write_text(leaderboard.render(everything, "md"))
+    (target / "leaderboard.csv").write_text(leaderboard.render(everything, "csv"))
+    print(f"kdbench: leaderboard of all {len(everything)} record(s) of {cells[0].experiment} saved to {target}/leaderboard.md and .csv")
     if not all_ok:
         print("kdbench: some runs failed (see above); rerun to retry them", file=sys.stderr)
     return 0 if all_ok else 1

@@ -1,11 +1,15 @@
-"""Leaderboards from records: seed means and stds, gains over scratch, teacher rows, generator
-rows ranked by their own metric (lower is better), exports."""
+"""Leaderboards from records: seed means with 95% intervals, paired gains over the baseline with
+verdicts, teacher rows, failed and stale rows, generator rows ranked by their own metric (lower is
+better), exports (markdown, CSV, HTML), the plot, and the saved leaderboard of a run."""
+import csv
 import io
 import math
 
 import pandas as pd
+import pytest
 
-from kdbench import leaderboard, store
+from kdbench import leaderboard, stats, store
+from kdbench.errors import ConfigError
 
 
 def record(method, seed, score, experiment="exp", labels=None, metric="top1", direction="max", student="mlp", teacher=True):
@@ -27,16 +31,18 @@ def test_means_stds_gain_and_teacher_row():
     records = [record("scratch", 0, 80.0), record("scratch", 1, 82.0), record("kd", 0, 84.0, labels={"T": "4"}),
                record("kd", 1, 86.0, labels={"T": "4"}), {"status": "failed", "experiment": "exp"}]
     table = leaderboard.sort_table(leaderboard.summarize(records))
-    assert list(table["method"]) == ["teacher", "kd", "scratch"]
+    assert list(table["method"]) == ["teacher", "kd", "scratch", "?"]  # the failed record last, as a row
     kd = table[table["method"] == "kd"].iloc[0]
     assert kd["seeds"] == 2 and kd["top1_best_mean"] == 85.0 and math.isclose(kd["top1_best_std"], math.sqrt(2))
-    assert kd["gain_vs_baseline"] == 4.0 and kd["setting"] == "T=4" and kd["throughput_mean"] == 100.5
+    assert kd["gain_mean"] == 4.0 and kd["gain_n"] == 2 and kd["setting"] == "T=4" and kd["throughput_mean"] == 100.5
+    assert math.isclose(kd["top1_best_ci95"], stats.t_quantile(2) * math.sqrt(2) / math.sqrt(2))
     teacher = table[table["method"] == "teacher"].iloc[0]
     assert teacher["top1_best_mean"] == 90.0 and teacher["params"] == 4000
     text = leaderboard.render(records, "md")
-    assert "85.00 ± 1.41" in text and "4.00" in text and "top1 best ↑" in text
+    assert "85.00 ± 12.71" in text and "top1 best ↑" in text  # ± is the 95% half-width: t(0.975, 1) * std / sqrt(2)
+    assert "| +4.00 " in text and "gain vs scratch (best)" in text  # 2 seed pairs: the mean, no verdict
     csv = pd.read_csv(io.StringIO(leaderboard.render(records, "csv")))
-    assert set(csv["method"]) == {"teacher", "kd", "scratch"} and "top1_best_std" in csv
+    assert set(csv["method"]) >= {"teacher", "kd", "scratch"} and {"top1_best_std", "top1_best_ci95", "gain_mean"} <= set(csv)
 
 
 def test_generator_rows_use_their_metric_lower_is_better():
@@ -47,7 +53,7 @@ def test_generator_rows_use_their_metric_lower_is_better():
         r["metrics"] |= {"mse_teacher_best": 0.5, "mse_teacher_last": 0.5}
     table = leaderboard.sort_table(leaderboard.summarize(records))
     assert list(table["method"]) == ["teacher", "gan-kd", "adv-only"]  # ascending: lower FD first
-    assert table[table["method"] == "gan-kd"]["gain_vs_baseline"].iloc[0] == 17.0  # 105 -> 88: positive is better
+    assert table[table["method"] == "gan-kd"]["gain_mean"].iloc[0] == 17.0  # 105 -> 88: positive is better
     text = leaderboard.render(records, "md")
     assert "fd best ↓" in text and "mse teacher best ↓" in text and "gain vs adv-only" in text and "top1" not in text
 
@@ -62,3 +68,164 @@ def test_records_round_trip_through_the_store(tmp_path):
     assert len(loaded) == 2 and {r["method"] for r in loaded} == {"scratch", "kd"}
     assert store.is_finished(tmp_path / "exp" / "cell0" / "seed0") and not store.is_finished(tmp_path / "exp" / "cell9" / "seed0")
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def three_seed_records():
+    """scratch and kd (T=4) over seeds 0-2 with a clear gain, kd (T=8) with none, kd (T=16) on
+    2 seeds only."""
+    records = [record("scratch", s, v) for s, v in enumerate((80.0, 82.0, 81.0))]
+    records += [record("kd", s, v, labels={"T": "4"}) for s, v in enumerate((84.0, 86.0, 85.5))]  # +4, +4, +4.5
+    records += [record("kd", s, v, labels={"T": "8"}) for s, v in enumerate((79.0, 83.0, 81.5))]  # -1, +1, +0.5
+    records += [record("kd", s, v, labels={"T": "16"}) for s, v in enumerate((81.0, 83.0))]  # +1, +1
+    return records
+
+
+def test_gain_is_paired_by_seed_with_interval_and_verdict():
+    records = three_seed_records()
+    table = leaderboard.summarize(records).set_index("setting")
+    t4, t8, t16 = table.loc["T=4"], table.loc["T=8"], table.loc["T=16"]
+    expected = stats.paired_gain({0: 84.0, 1: 86.0, 2: 85.5}, {0: 80.0, 1: 82.0, 2: 81.0})
+    assert (t4["gain_mean"], t4["gain_ci_low"], t4["gain_ci_high"], t4["gain_n"]) == (expected.mean, expected.low, expected.high, 3)
+    assert t4["gain_significant"] is True and t8["gain_significant"] is False
+    assert t16["gain_n"] == 2 and t16["gain_significant"] is None
+    text = leaderboard.render(records, "md")
+    assert f"+4.17 [{expected.low:+.2f}, {expected.high:+.2f}] *" in text
+    assert "+0.17 [" in text and "] n.s." in text
+    row16 = next(line for line in text.splitlines() if "T=16" in line)
+    assert "| +1.00 " in row16 and "[" not in row16  # fewer than 3 pairs: the mean, no verdict
+    assert "95% Student-t interval" in text  # the footnote says what the marks mean
+
+
+def test_a_missing_seed_drops_only_its_pair():
+    records = three_seed_records()
+    records = [r for r in records if not (r["method"] == "scratch" and r["seed"] == 1)]
+    t4 = leaderboard.summarize(records).set_index("setting").loc["T=4"]
+    assert t4["seeds"] == 3 and t4["gain_n"] == 2 and t4["gain_mean"] == 4.25  # seeds 0 and 2: +4, +4.5
+
+
+def test_gain_pairs_the_baseline_with_the_same_training_settings():
+    records = []
+    for lr, shift in (("0.1", 0.0), ("0.01", 10.0)):
+        for s in range(3):
+            for method, value in (("scratch", 70.0 + s), ("kd", 72.0 + s)):
+                r = record(method, s, value + shift, labels={"train.lr": lr})
+                r["config"]["train"] = {"lr": float(lr)}
+                records.append(r)
+    table = leaderboard.summarize(records)
+    kd = table[table["method"] == "kd"]
+    assert list(kd["gain_mean"]) == [2.0, 2.0]  # not 2 - 10 against the other learning rate's scratch
+
+
+def test_failed_runs_are_rows_with_status_and_error():
+    records = three_seed_records()[:6]
+    records.append({"status": "failed", "experiment": "exp", "cell_id": "kd-x", "method": "kd", "seed": 2,
+                    "labels": {"method": "kd", "T": "4"}, "config": {"student": {"model": "mlp"}},
+                    "error": "NonFiniteLoss: loss became nan at step 3 | epoch 1\nsecond line"})
+    records.append({"status": "ok", "experiment": "exp", "cell_id": "kd-y", "method": "kd", "seed": 0, "labels": {}})
+    text = leaderboard.render(records, "md")
+    failed = next(line for line in text.splitlines() if "failed" in line)
+    assert "failed (seed 2)" in failed and "NonFiniteLoss: loss became nan at step 3 \\| epoch 1" in failed
+    assert "second line" not in text
+    assert "malformed (seed 0)" in text and "record lacks metrics, selection, student" in text
+    assert "| ok " in text  # the finished rows say so when others failed
+    html_text = leaderboard.render(records, "html")
+    assert "failed (seed 2)" in html_text and "NonFiniteLoss" in html_text
+    table = pd.read_csv(io.StringIO(leaderboard.render(records, "csv")))
+    row = table[table["status"] == "failed"].iloc[0]
+    assert row["seed"] == 2 and row["setting"] == "T=4" and row["error"].startswith("NonFiniteLoss")
+
+
+def test_csv_is_valid_with_only_failed_runs_or_none():
+    only_failed = [{"status": "failed", "experiment": "exp", "cell_id": "c", "method": "kd", "seed": s,
+                    "labels": {"method": "kd"}, "error": f'ValueError: bad, "quoted" value {s}'} for s in (0, 1)]
+    text = leaderboard.render(only_failed, "csv")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [r["status"] for r in rows] == ["failed", "failed"] and rows[1]["error"] == 'ValueError: bad, "quoted" value 1'
+    assert "failed (seed 0)" in leaderboard.render(only_failed, "md")
+    empty = pd.read_csv(io.StringIO(leaderboard.render([], "csv")))
+    assert empty.empty and {"experiment", "method", "status", "error", "gain_mean"} <= set(empty.columns)
+
+
+def test_stale_records_are_marked_with_a_footnote():
+    records = three_seed_records()
+    for r in records:
+        if r["method"] == "kd" and r["labels"]["T"] == "4":
+            r["stale"] = "plugin code changed"
+    text = leaderboard.render(records, "md")
+    row = next(line for line in text.splitlines() if "T=4" in line)
+    assert "| kd † " in row and "† stale record (kept on request): plugin code changed" in text
+    assert "kd †" not in next(line for line in text.splitlines() if "T=8" in line)
+    assert pd.read_csv(io.StringIO(leaderboard.render(records, "csv"))).set_index("setting").loc["T=4", "stale"] == "plugin code changed"
+
+
+def test_html_is_a_utf8_document_with_sortable_columns_and_the_markdown_intervals():
+    records = three_seed_records()
+    page = leaderboard.render(records, "html")
+    assert page.startswith("<!DOCTYPE html>") and '<meta charset="utf-8">' in page
+    assert "<th" in page and 'addEventListener("click"' in page  # headers sort on click
+    md = leaderboard.render(records, "md")
+    for cell in ("85.17 ± ", "+4.17 [", "] *", "] n.s.", "gain vs scratch (best)"):
+        assert cell in md and cell in page
+
+
+def crowded_records():
+    """Nine cells of one student size within a point of each other, a teacher, a smaller scratch."""
+    records = [record("scratch", s, 82.0 + 0.2 * s) for s in range(3)]
+    for t in range(1, 10):
+        for s in range(3):
+            r = record("kd", s, 83.0 + 0.05 * t + 0.2 * s, labels={"temperature": str(t)})
+            r["student"]["params"], r["speed"]["throughput"] = 5000, 80.0 + t
+            records.append(r)
+    records[0]["teacher"]["speed"] = {"throughput": 40.0, "device_name": "cpu", "throughput_batch": 256, "dtype": "float32"}
+    return records
+
+
+def test_plot_labels_do_not_overlap_and_the_front_is_marked(tmp_path):
+    from matplotlib.text import Text
+
+    fig = leaderboard.figure(crowded_records())
+    renderer = fig.canvas.get_renderer()
+    assert len(fig.axes) == 2  # against parameters and against throughput
+    for ax in fig.axes:
+        labels = [t for t in ax.texts]
+        assert len(labels) == 11  # teacher, scratch, 9 kd cells
+        for label in labels:
+            label.update_positions(renderer)
+        boxes = [Text.get_window_extent(t, renderer) for t in labels]
+        frame = ax.get_window_extent(renderer)
+        assert not [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:] if a.overlaps(b)]
+        assert all(frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in boxes)
+        assert ax.get_legend().get_texts()[0].get_text() == "Pareto front"
+        assert any(len(c.get_segments()) for c in ax.collections if c.get_segments)  # error bars
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    leaderboard.plot(crowded_records(), tmp_path / "board.png")
+    assert (tmp_path / "board.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ConfigError, match="unknown image type 'xyz'"):
+        leaderboard.plot(crowded_records(), tmp_path / "board.xyz")
+
+
+def test_pareto_front_is_direction_aware():
+    xs, ys = [1, 2, 3, 4], [50, 70, 60, 80]
+    assert leaderboard.pareto_front(xs, ys, "min", "max") == [0, 1, 3]  # fewer parameters, higher accuracy
+    assert leaderboard.pareto_front(xs, ys, "max", "max") == [3]  # more throughput, higher accuracy
+    assert leaderboard.pareto_front(xs, ys, "min", "min") == [0]  # lower FD is better
+
+
+def test_saved_leaderboard_covers_every_record_of_the_experiment(plugin_dir, cli, tmp_path):
+    args = ["--grid", "method=scratch", "--set", "train.epochs=1", "--grid", "size=small,big"]
+    assert cli("run", str(plugin_dir), *args, "--seeds", "0")[0] == 0
+    code, out, _ = cli("run", str(plugin_dir), *args, "--seeds", "1")  # another command: only seed 1
+    assert code == 0 and "all 4 record(s)" in out, out
+    saved = (tmp_path / "runs" / "softkd" / "leaderboard.md").read_text()
+    assert "size=small" in saved and "size=big" in saved
+    table = pd.read_csv(tmp_path / "runs" / "softkd" / "leaderboard.csv").set_index("setting")
+    assert table.loc["size=small", "seeds"] == 2 and table.loc["size=big", "seeds"] == 2
+
+
+def test_a_record_found_twice_counts_once():
+    records = three_seed_records()
+    twice = records + [dict(records[0])]  # the same (cell, seed) in two folders
+    one, two = (leaderboard.summarize(r).set_index("method").loc["scratch"] for r in (records, twice))
+    assert two["top1_best_std"] == one["top1_best_std"] and two["seeds"] == 3
