@@ -49,6 +49,7 @@ def flatten(record):
         "baseline": record.get("baseline", "scratch"),
         "setting": setting(record),
         "student": record["student"]["model"],
+        "student_config": repr(sorted(((record.get("config") or {}).get("student") or {}).items())),
         "pair_key": pairing_key(record.get("config")),
         "seed": record["seed"],
         "metric": record["selection"]["metric"],
@@ -290,7 +291,7 @@ def render(records, fmt_name="md", sort=None):
 
 def csv_frame(table):
     """Numeric columns for everything shown: means, stds, 95% half-widths, gains, status, error."""
-    table = table.drop(columns=["pair_key"], errors="ignore")
+    table = table.drop(columns=["pair_key", "student_config"], errors="ignore")
     for col in BASE_COLUMNS + GAIN_COLUMNS + ["stale", "error"]:
         if col not in table:
             table[col] = None
@@ -472,22 +473,12 @@ def place_labels(ax, points, errs, labels, colors):
 
 
 def plot(records, path):
-    """Save ``figure(records)`` to ``path``; its suffix picks the format (png, pdf, svg, ...)."""
-    from pathlib import Path
-
-    from kdbench.errors import ConfigError
-
-    fig = figure(records)
+    """Save ``figure(records)`` to ``path``; its suffix picks the format (png, pdf, svg, ...; the
+    command line checks it and that the path is writable before any work)."""
     import matplotlib.pyplot as plt
 
+    fig = figure(records)
     try:
-        kinds = fig.canvas.get_supported_filetypes()
-        suffix = Path(path).suffix.lower().lstrip(".")
-        if suffix not in kinds:
-            raise ConfigError(f"cannot plot to {str(path)!r}: unknown image type {suffix or '(none)'!r}; valid: {', '.join(sorted(kinds))}")
-        try:
-            fig.savefig(path, dpi=fig.dpi)
-        except OSError as exc:
-            raise ConfigError(f"cannot write the plot {str(path)!r}: {exc.strerror or exc}") from None
+        fig.savefig(path, dpi=fig.dpi)  # the dpi the labels were placed at
     finally:
         plt.close(fig)

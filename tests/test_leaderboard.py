@@ -202,8 +202,8 @@ def test_plot_labels_do_not_overlap_and_the_front_is_marked(tmp_path):
     plt.close(fig)
     leaderboard.plot(crowded_records(), tmp_path / "board.png")
     assert (tmp_path / "board.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(ConfigError, match="unknown image type 'xyz'"):
-        leaderboard.plot(crowded_records(), tmp_path / "board.xyz")
+    with pytest.raises(ConfigError, match="no finished runs to plot"):
+        leaderboard.plot([{"status": "failed", "experiment": "exp", "error": "boom"}], tmp_path / "none.png")
 
 
 def test_pareto_front_is_direction_aware():
