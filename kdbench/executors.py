@@ -1,8 +1,8 @@
-"""Executors run jobs and hand their records back to the driver, which writes them.
+"""Executors run jobs and hand their records back to the driver.
 
 An executor has one method, ``map(fn, jobs)``, yielding ``(job, fn(job))`` as jobs finish.
 Jobs and records are plain picklable data, so a cluster executor (Ray, SLURM) only has to
-ship them; the driver alone touches the run folders' records.
+ship them; the job writes its record under its run folder's lock (a shared file system).
 """
 
 

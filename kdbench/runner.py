@@ -41,7 +41,10 @@ class Job:
 
 
 def run_grid(cells, seeds, options, executor=None, log=print):
-    """Run every (cell, seed) not already finished. Returns (records, all_ok)."""
+    """Run every (cell, seed) not already finished. Returns (records, all_ok).
+
+    A run whose folder another process has locked (it is running it) is skipped; once the rest
+    are done, it is waited for, and reused if that process finished it, or run here if not."""
     from kdbench.executors import LocalExecutor
 
     executor = executor or LocalExecutor()
@@ -49,27 +52,52 @@ def run_grid(cells, seeds, options, executor=None, log=print):
     for cell in cells:
         for seed in seeds:
             job = Job(cell, seed, options)
-            try:
-                record = store.load_record(job.folder)
-            except store.UnreadableRecord as exc:  # never trusted: the run is done again
-                log(f"kdbench: record {exc}; running it again")
-                record = None
-            if not options.force and record is not None and record["status"] == "ok":
-                records.append(record | {"baseline": cell.baseline})  # as the file says now
+            record = finished_record(job, log)
+            if not options.force and record is not None:
+                records.append(record)
             else:
                 jobs.append(job)
     if records:
         log(f"kdbench: {len(records)} finished run(s) reused from {options.out} (--force redoes them)")
-    all_ok = True
-    for i, (job, record) in enumerate(executor.map(run_job, jobs), 1):
-        store.write_record(job.folder, record)
-        records.append(record)
-        if record["status"] == "ok":
-            log(f"[{i}/{len(jobs)}] {job.cell.name} seed {job.seed}: {headline(record)}")
-        else:
-            all_ok = False
-            log(f"[{i}/{len(jobs)}] {job.cell.name} seed {job.seed}: FAILED: {record['error']}")
+    all_ok, count, pending = True, 0, jobs
+    while pending:
+        busy = []
+        for job, record in executor.map(run_job, pending):
+            if record is None:
+                log(f"kdbench: {job.cell.name} seed {job.seed}: another process is running it; skipped for now")
+                busy.append(job)
+                continue
+            count += 1
+            records.append(record)
+            if record["status"] == "ok":
+                log(f"[{count}/{len(jobs)}] {job.cell.name} seed {job.seed}: {headline(record)}")
+            else:
+                all_ok = False
+                log(f"[{count}/{len(jobs)}] {job.cell.name} seed {job.seed}: FAILED: {record['error']}")
+        pending = []
+        for job in busy:
+            with store.file_lock(job.folder / store.LOCK):  # until the other process is done with it
+                pass
+            record = finished_record(job, log)
+            if record is None:
+                pending.append(job)  # it stopped without finishing: run it here
+                continue
+            count += 1
+            records.append(record)
+            log(f"[{count}/{len(jobs)}] {job.cell.name} seed {job.seed}: finished by another process: {headline(record)}")
     return records, all_ok and all(r["status"] == "ok" for r in records)
+
+
+def finished_record(job, log=print):
+    """The job's finished ("ok") record, else None; an unreadable one is never trusted."""
+    try:
+        record = store.load_record(job.folder)
+    except store.UnreadableRecord as exc:
+        log(f"kdbench: record {exc}; running it again")
+        return None
+    if record is None or record["status"] != "ok":
+        return None
+    return record | {"baseline": job.cell.baseline}  # as the file says now
 
 
 def headline(record):
@@ -92,7 +120,21 @@ def teacher_cache(cache, registry, device):
 
 
 def run_job(job):
-    """Train and measure one (cell, seed) in this process; always returns a record."""
+    """Train and measure one (cell, seed) in this process under its run folder's lock, and write
+    its record. Returns the record, or None at once when another process holds the lock."""
+    with store.file_lock(job.folder / store.LOCK, wait=False) as held:
+        if not held:
+            return None
+        finished = None if job.options.force else finished_record(job, log=lambda msg: None)
+        if finished is not None:  # another process finished it since the driver looked
+            return finished
+        record = train_job(job)
+        store.write_record(job.folder, record)
+        return record
+
+
+def train_job(job):
+    """Train and measure one (cell, seed); always returns a record, failed or ok."""
     started = time.time()
     folder = job.folder
     base = {

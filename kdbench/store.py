@@ -6,14 +6,17 @@ on read: a record that is not valid UTF-8 or JSON, lacks a key the leaderboard n
 checksum is unreadable, so ``run`` redoes it and ``leaderboard`` names it. A record without a
 "sha256" (written before records had one) is trusted as it stands.
 """
+import fcntl
 import hashlib
 import json
 import os
 import secrets
+from contextlib import contextmanager
 from pathlib import Path
 
 RECORD = "record.json"
 CONFIG = "config.json"
+LOCK = "run.lock"  # held by the process running the folder's (cell, seed)
 REQUIRED = ("experiment", "cell_id", "method", "seed", "status", "labels", "config")
 REQUIRED_OK = ("metrics", "selection", "student")  # what a finished run must also report
 
@@ -26,6 +29,25 @@ class UnreadableRecord(Exception):
 
 def run_dir(out, cell, seed):
     return Path(out) / cell.experiment / cell.name / f"seed{seed}"
+
+
+@contextmanager
+def file_lock(path, wait=True):
+    """Hold an exclusive lock on ``path`` (created if missing) while the block runs; yields True.
+    With wait=False it yields False at once when another process holds the lock. The lock goes
+    with the process (also on kill -9); the file stays, deleting it would race."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def temp_path(path):

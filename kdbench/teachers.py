@@ -7,7 +7,6 @@ it twice) and shared by every cell and later run. On load the file's checksum is
 corrupt file is reported and retrained) and the teacher is measured on the test set, so every
 row records the accuracy of the teacher it really used.
 """
-import fcntl
 import hashlib
 import io
 import json
@@ -15,7 +14,6 @@ import os
 import shutil
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -47,17 +45,6 @@ def teacher_key(spec):
     return config_hash({"version": CACHE_VERSION, "teacher": shaping})[:16]
 
 
-@contextmanager
-def file_lock(path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 class TeacherCache:
     def __init__(self, root, registry, device, warn=None):
         self.root = Path(root).expanduser() / "teachers"
@@ -75,7 +62,7 @@ class TeacherCache:
             key = teacher_key(spec)
             if key not in self.loaded:
                 folder = self.root / key
-                with file_lock(folder.with_suffix(".lock")):
+                with store.file_lock(folder.with_suffix(".lock")):
                     self.loaded[key] = self.load_cached(spec, folder) or self.train(spec, folder)
             return self.loaded[key]
 

@@ -202,3 +202,48 @@ def test_unreadable_records_are_named_and_redone(plugin_dir, tmp_path, cli):
 def test_records_and_checkpoints_leave_no_temp_files(plugin_dir, tmp_path, cli):
     assert cli("run", str(plugin_dir), "--grid", "method=soft-kd", "--seeds", "0", "--set", "train.epochs=2")[0] == 0
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Two processes on one --out
+
+
+def test_two_processes_share_one_out(plugin_dir, tmp_path, cli):
+    """Two processes started together on one --out split the grid: a run the other holds is
+    skipped, waited for at the end and reused (or run, if the other stopped); the records and
+    curves equal one process's."""
+    import subprocess
+    import sys
+    import time
+
+    from kdbench import store
+
+    grid = ["--grid", "method=scratch,soft-kd", "--seeds", "0,1", "--set", "train.epochs=2"]
+    assert cli("run", str(plugin_dir), *grid)[0] == 0  # one process: the reference (and the cached teacher)
+    single = {(r["cell_name"], r["seed"]): r for r in map(lambda p: json.loads(p.read_text()), (tmp_path / "runs").rglob("record.json"))}
+    held = Path(next(iter(single.values()))["run_dir"]).relative_to(tmp_path / "runs")
+
+    out = tmp_path / "shared"
+    env = dict(os.environ, PYTHONPATH=str(REPO), KDBENCH_QUIET="1")
+    command = [sys.executable, "-m", "kdbench", "run", str(plugin_dir), *grid, "--out", str(out), "--cache", str(tmp_path / "cache")]
+    logs = [open(tmp_path / f"log{i}.txt", "w+") for i in range(2)]
+    with store.file_lock(out / held / store.LOCK):  # as if a third process were running this one
+        procs = [subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True) for log in logs]
+        while len(list(out.rglob("record.json"))) < len(single) - 1:  # all but the held run
+            assert all(p.poll() is None for p in procs), [open(log.name).read() for log in logs]
+            time.sleep(0.2)
+        time.sleep(1)
+        assert not (out / held / "record.json").exists()
+    for proc in procs:
+        assert proc.wait(timeout=600) == 0, [open(log.name).read() for log in logs]
+    texts = [open(log.name).read() for log in logs]
+    assert all(f"{held.parent.name} seed {held.name.removeprefix('seed')}: another process is running it; skipped for now" in t for t in texts)
+    assert sum(t.count("finished by another process") for t in texts) >= 1 and "Traceback" not in "".join(texts)
+
+    shared = {(r["cell_name"], r["seed"]): r for r in map(lambda p: json.loads(p.read_text()), out.rglob("record.json"))}
+    assert shared.keys() == single.keys()
+    for key, record in shared.items():
+        assert record["status"] == "ok" and record["metrics"] == single[key]["metrics"], key
+        history = [json.loads(line)["epoch"] for line in (Path(record["run_dir"]) / "history.jsonl").read_text().splitlines()]
+        assert history == [1, 2], key
+    assert not list(out.rglob("*.tmp")) and not list(out.rglob("checkpoint.pt"))
