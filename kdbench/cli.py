@@ -147,8 +147,8 @@ def cmd_run(args):
     # earlier commands, each gain against the experiment's current baseline
     target = Path(args.out) / cells[0].experiment
     everything = [r | {"baseline": cells[0].baseline} for r in store.iter_records([target])]
-    (target / "leaderboard.md").write_text(leaderboard.render(everything, "md"))
-    (target / "leaderboard.csv").write_text(leaderboard.render(everything, "csv"))
+    for suffix in ("md", "csv"):  # atomic: another process on this --out may save it at the same time
+        store.write_bytes(target / f"leaderboard.{suffix}", leaderboard.render(everything, suffix).encode())
     print(f"kdbench: leaderboard of all {len(everything)} record(s) of {cells[0].experiment} saved to {target}/leaderboard.md and .csv")
     if not all_ok:
         print("kdbench: some runs failed (see above); rerun to retry them", file=sys.stderr)
