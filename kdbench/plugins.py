@@ -43,16 +43,26 @@ def load_registry(plugin_dirs=(), strict=None, warn=None):
             raise PluginError(msg) from exc
         warn(msg + " (skipped; --strict-plugins makes this an error)")
 
+    # a plugin's name is its folder's: two folders may not share one, and a folder replaces an
+    # installed plugin of its name (the folder is what the user pointed at)
+    folders = {}
+    for folder in map(lambda d: Path(d).resolve(), plugin_dirs):
+        if folders.setdefault(folder.name, folder) != folder:
+            raise PluginError(f"two plugin folders are named {folder.name!r} ({folders[folder.name]} and {folder}); "
+                              "a plugin is named after its folder, so rename one")
+
     from kdbench import builtin
 
     pm.register(builtin, name="kdbench.builtin")
     for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in folders:
+            warn(f"plugin folder {folders[ep.name]} replaces the installed plugin {ep.name!r} ({ep.value}) of the same name")
+            continue
         try:
             pm.register(ep.load(), name=ep.name)
         except Exception as exc:  # a broken third-party plugin must not take kdbench down
             skip(ep.name, exc)
-    for folder in plugin_dirs:
-        name = Path(folder).resolve().name
+    for name, folder in folders.items():
         try:
             pm.register(import_plugin_folder(folder), name=name)
         except PluginError:

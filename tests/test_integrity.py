@@ -247,3 +247,48 @@ def test_two_processes_share_one_out(plugin_dir, tmp_path, cli):
         history = [json.loads(line)["epoch"] for line in (Path(record["run_dir"]) / "history.jsonl").read_text().splitlines()]
         assert history == [1, 2], key
     assert not list(out.rglob("*.tmp")) and not list(out.rglob("checkpoint.pt"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Plugin names
+
+FOLDER_DKD = '''
+import kdbench
+from kdbench.method import Scratch
+
+
+@kdbench.hookimpl
+def kdbench_register_methods(register):
+    register("dkd", Scratch, description="from the folder")
+'''
+
+
+def installed_plugin(site, name, description):
+    """An installed distribution declaring the kdbench entry point ``name`` (as pip leaves it)."""
+    site.mkdir(parents=True, exist_ok=True)
+    (site / f"fake_{name}.py").write_text(FOLDER_DKD.replace("from the folder", description))
+    info = site / f"fake_{name}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: fake-{name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[kdbench]\n{name} = fake_{name}\n")
+
+
+def test_a_plugin_folder_replaces_an_installed_plugin_of_its_name(tmp_path, monkeypatch):
+    from kdbench.plugins import load_registry
+
+    installed_plugin(tmp_path / "site", "dkd", "installed")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    assert load_registry([]).tables["methods"]["dkd"].metadata["description"] == "installed"
+    folder = write_plugin(tmp_path / "mine" / "dkd", plugin=FOLDER_DKD, toml="")
+    notices = []
+    registry = load_registry([folder], strict=True, warn=notices.append)
+    assert registry.tables["methods"]["dkd"].metadata["description"] == "from the folder"
+    assert notices == [f"plugin folder {folder.resolve()} replaces the installed plugin 'dkd' (fake_dkd) of the same name"]
+
+
+def test_two_plugin_folders_with_one_name_are_an_error(tmp_path, capsys):
+    first = write_plugin(tmp_path / "a" / "dkd", plugin=FOLDER_DKD, toml="")
+    second = write_plugin(tmp_path / "b" / "dkd", plugin=FOLDER_DKD, toml="")
+    code, _, err = run_cli(capsys, "list", "methods", "--plugin", first, "--plugin", second)
+    assert code == 2 and err.count("\n") == 1
+    assert "two plugin folders are named 'dkd'" in err and "rename one" in err and "already registered" not in err
