@@ -261,8 +261,9 @@ def notes(table, shown):
         lines.append("± is the half-width of the 95% Student-t interval of the mean over seeds, t(0.975, n-1)·s/√n "
                      "(s: the standard deviation over the n seeds); one seed: no interval.")
     gain_headers = [c for c in shown.columns if c.startswith("gain vs ")]
-    if any((shown[c] != "").any() for c in gain_headers):
-        lines.append("gain vs BASELINE (best): the mean over seeds of the per-seed difference from the baseline arm with the "
+    gain_headers = [c for c in gain_headers if (shown[c] != "").any()]
+    if gain_headers:
+        lines.append(f"{' / '.join(gain_headers)}: the mean over seeds of the per-seed difference from the baseline arm with the "
                      "same student, data and training settings and the same seed, at the best-validation epoch, positive = "
                      f"better; [low, high] is its 95% Student-t interval; * it excludes zero, n.s. it does not; with fewer than "
                      f"{stats.MIN_PAIRS} seed pairs the mean alone, no verdict.")
