@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import shutil
 import sys
 import time
@@ -101,17 +102,20 @@ class TeacherCache:
         weights, meta_path = folder / WEIGHTS, folder / META
         if not weights.exists() or not meta_path.exists():
             return None
+        # only a failed checksum or deserialisation is corruption: the files go and the teacher is
+        # retrained. Anything later (building the model, the data, memory, a plugin's bug) is
+        # raised as it is and deletes nothing: a teacher may have cost hours.
         try:
-            meta = json.loads(meta_path.read_text())
+            meta = json.loads(meta_path.read_bytes().decode("utf-8"))
             if sha256_file(weights) != meta["sha256"]:
                 raise CheckpointError("checksum mismatch")
             modules = torch.load(weights, map_location="cpu", weights_only=True)["modules"]
-            return self.restore(spec, modules, meta["sha256"], str(weights), folder / "eval")
-        except Exception as exc:
+        except (ValueError, KeyError, TypeError, EOFError, RuntimeError, pickle.UnpicklingError, CheckpointError) as exc:
             self.warn(f"cached teacher {folder} is corrupt ({type(exc).__name__}: {exc}); retraining it")
             weights.unlink(missing_ok=True)
             meta_path.unlink(missing_ok=True)
             return None
+        return self.restore(spec, modules, meta["sha256"], str(weights), folder / "eval")
 
     def load_external(self, spec):
         path = Path(spec["path"]).expanduser()

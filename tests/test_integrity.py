@@ -292,3 +292,33 @@ def test_two_plugin_folders_with_one_name_are_an_error(tmp_path, capsys):
     code, _, err = run_cli(capsys, "list", "methods", "--plugin", first, "--plugin", second)
     assert code == 2 and err.count("\n") == 1
     assert "two plugin folders are named 'dkd'" in err and "rename one" in err and "already registered" not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# The teacher cache deletes only what is corrupt
+
+
+def test_teacher_cache_keeps_a_teacher_on_other_errors(plugin_dir, tmp_path, cli, monkeypatch):
+    from kdbench.teachers import TeacherCache
+
+    args = ("run", str(plugin_dir), "--grid", "method=soft-kd", "--seeds", "0", "--set", "train.epochs=1")
+    assert cli(*args)[0] == 0
+    cached = sorted((tmp_path / "cache" / "teachers").glob("*/*.*"))
+    assert {p.name for p in cached} == {"teacher.pt", "meta.json"}
+    before = {p: p.read_bytes() for p in cached}
+
+    def plugin_bug(self, spec, run_dir):
+        raise RuntimeError("a bug in the teacher's method")
+
+    monkeypatch.setattr(TeacherCache, "prepare", plugin_bug)  # fails while the cached teacher is rebuilt
+    code, out, err = cli(*args, "--force")
+    assert code == 1 and "FAILED: RuntimeError: a bug in the teacher's method" in out and "corrupt" not in err
+    assert {p: p.read_bytes() for p in cached} == before  # nothing deleted
+    monkeypatch.undo()
+    code, _, err = cli(*args, "--force")
+    assert code == 0 and "training teacher" not in err
+
+    meta = next(p for p in cached if p.name == "meta.json")
+    meta.write_bytes(b"\xff" + meta.read_bytes())  # a damaged meta.json is corruption: retrained
+    code, _, err = cli(*args, "--force")
+    assert code == 0 and "is corrupt (UnicodeDecodeError" in err and "training teacher" in err
