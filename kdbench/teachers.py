@@ -82,7 +82,12 @@ class TeacherCache:
     def train(self, spec, folder):
         self.warn(f"training teacher {spec['model']} ({teacher_key(spec)}); it is cached for later runs in {folder}")
         method, ctx = self.prepare(spec, folder / "work")
-        result = engine.train(method, ctx, desc=f"teacher {spec['model']}")
+        try:
+            result = engine.train(method, ctx, desc=f"teacher {spec['model']}")
+        except CheckpointError as exc:  # an interrupted teacher's checkpoint that cannot be used: it is gone
+            self.warn(f"{exc}; training the teacher afresh")
+            method, ctx = self.prepare(spec, folder / "work")
+            result = engine.train(method, ctx, desc=f"teacher {spec['model']}")
         extras = {name: m for name, m in ctx.modules.items() if name != "student"}
         modules = {"model": result["best_state"]} | {name: engine.cpu_state(m) for name, m in extras.items()}
         buffer = io.BytesIO()

@@ -322,3 +322,28 @@ def test_teacher_cache_keeps_a_teacher_on_other_errors(plugin_dir, tmp_path, cli
     meta.write_bytes(b"\xff" + meta.read_bytes())  # a damaged meta.json is corruption: retrained
     code, _, err = cli(*args, "--force")
     assert code == 0 and "is corrupt (UnicodeDecodeError" in err and "training teacher" in err
+
+
+def test_a_teachers_corrupt_checkpoint_restarts_its_training(plugin_dir, tmp_path, cli, monkeypatch):
+    from kdbench import engine
+
+    args = ("run", str(plugin_dir), "--grid", "method=soft-kd", "--seeds", "0", "--set", "train.epochs=1")
+    assert cli(*args)[0] == 0
+    meta = next((tmp_path / "cache" / "teachers").glob("*/meta.json"))
+    clean = json.loads(meta.read_text())["trained_metrics"]
+    for path in meta.parent.iterdir():
+        path.unlink()
+    save = engine.save_checkpoint
+
+    def save_then_die(*a, **k):  # the teacher's training killed after its first epoch
+        save(*a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "save_checkpoint", save_then_die)
+    assert cli(*args, "--force")[0] == 130
+    monkeypatch.undo()
+    checkpoint = meta.parent / "work" / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:-10])  # truncated
+    code, _, err = cli(*args, "--force")
+    assert code == 0 and "fails its sha256 checksum" in err and "training the teacher afresh" in err
+    assert json.loads(meta.read_text())["trained_metrics"] == clean
