@@ -5,7 +5,6 @@ import http.server
 import socket
 import threading
 
-import numpy as np
 import pytest
 import torch
 from torchvision import datasets

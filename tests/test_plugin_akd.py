@@ -1,17 +1,15 @@
 """plugins/akd (seed 001, data-free adversarial KD): the seed's architectures and parameter counts,
-the paper profile's grid and one real training step of it on CPU, the method's mechanics, and the
-quick profile's effect (the data-free student beats the RANDOM-input baseline)."""
+the paper profile's grid and its seed variant on CPU (the whole profile end to end is in
+test_paper_profiles.py), the method's mechanics, and the quick profile's effect (the data-free student beats the RANDOM-input baseline)."""
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
+import datasets_on_disk as disk
 from conftest import REPO, shared_cache
 from kdbench.measure import count_params as count
 from kdbench import experiment, runner
-from kdbench.data import RawData
-from kdbench.registry import Entry
 
 PLUGIN = REPO / "plugins" / "akd"
 CIFAR100 = {"num_classes": 100, "in_channels": 3, "image_size": 32}
@@ -60,7 +58,7 @@ def test_seed_teacher_is_torchvision_resnet34_fed_224_pixels(registry, no_onednn
 
 
 # ------------------------------------------------------------------------------------------------
-# The paper profile: its grid, and one real step on CPU (fake CIFAR-100, random teacher)
+# The paper profile: its grid, and the seed variant on CPU (the rest: test_paper_profiles.py)
 
 
 def test_paper_grid_expands_with_the_seeds_settings(registry):
@@ -83,54 +81,24 @@ def test_paper_grid_expands_with_the_seeds_settings(registry):
     assert seed["method"]["peer"] == {"model": "resnet18", "width": 0.5}
 
 
-def fake_cifar100(cfg):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (24, 3, 32, 32), generator=g, dtype=torch.uint8)
-    y = torch.randint(100, (24,), generator=g)
-    return RawData("cifar100", x[:16], y[:16], x[16:], y[16:], 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+def test_paper_seed_variant_trains_both_students_against_one_generator(monkeypatch, tmp_path, capsys):
+    """variant=seed on a CIFAR-100 copy in the real format (the rest of the paper profile runs in
+    test_paper_profiles.py). The 224x224 teacher is the expensive part: the wiring is checked with
+    a 32x32 input size."""
+    from kdbench.cli import main
 
-
-def run_paper_cell(registry, monkeypatch, tmp_path, grid, sets=()):
-    """Run the paper cells on a fake CIFAR-100 with a random teacher: one outer iteration, batch 2."""
-    from kdbench import engine
-
-    monkeypatch.setitem(registry.tables["datasets"], "cifar100", Entry("cifar100", fake_cifar100, "test"))
-    engine.load_raw.cache_clear()
-    engine.load_bundle.cache_clear()
-    tiny = ["train.batch_size=2", "train.epochs=1", "train.steps_per_epoch=1", "data.val_size=8", "method.student_steps=1", "measure.throughput_batch=2",
-            "measure.throughput_repeats=1", "measure.latency_repeats=1", "measure.warmup=0", *sets]
-    cells, _, _ = experiment.expand(PLUGIN, registry, grid=grid, sets=tiny, profile="paper", plugin_dirs=[PLUGIN])
-    try:
-        records = []
-        for cell in cells:
-            path = tmp_path / f"teacher-{cell.config['teacher']['model']}.pt"
-            if not path.exists():
-                torch.save(registry.build_model("teachers", cell.config["teacher"]["model"], CIFAR100).state_dict(), path)
-            options = runner.RunOptions(out=str(tmp_path / "runs"), cache=str(tmp_path / "cache"), device="cpu", teacher_path=str(path))
-            records.append(runner.run_job(runner.Job(cell, 0, options)))
-        return records
-    finally:
-        engine.load_raw.cache_clear()
-        engine.load_bundle.cache_clear()
-
-
-def test_paper_profile_runs_one_step_of_every_arm(registry, monkeypatch, tmp_path, no_onednn):
-    records = run_paper_cell(registry, monkeypatch, tmp_path, grid=["students=20"])
-    assert [r["status"] for r in records] == ["ok"] * 3, [r.get("error") for r in records]
-    by_method = {r["method"]: r for r in records}
-    assert set(by_method) == {"akd", "akd-random", "akd-kd-real"}
-    assert all(r["student"]["params"] == 2_820_740 for r in records)
-    history = [json.loads(line) for line in (Path(by_method["akd"]["run_dir"]) / "history.jsonl").read_text().splitlines()]
-    assert history[0]["train_student_l1"] > 0 and history[0]["train_generator_l1"] > 0
-
-
-def test_paper_seed_variant_trains_both_students_against_one_generator(registry, monkeypatch, tmp_path, no_onednn):
-    # the 224x224 teacher is the expensive part: check the variant's wiring with a 32x32 input size
-    records = run_paper_cell(registry, monkeypatch, tmp_path, grid=["variant=seed", "method=akd"],
-                             sets=["teacher.model=resnet34-imagenet", "teacher.input_size=32"])
-    (record,) = records
+    disk.install_cifar(monkeypatch, tmp_path / "data", "cifar100", n_train=48, n_test=16)
+    sets = ["train.epochs=1", "train.steps_per_epoch=1", "train.batch_size=2", "method.student_steps=1",
+            "teacher.train.epochs=1", "teacher.train.steps_per_epoch=1", "teacher.train.batch_size=8",
+            "teacher.model=resnet34-imagenet", "teacher.input_size=32", f"data.root={tmp_path / 'data'}", "data.val_size=8",
+            "measure.throughput_batch=2", "measure.throughput_repeats=1", "measure.latency_repeats=1", "measure.warmup=0"]
+    code = main(["run", str(PLUGIN), "--profile", "paper", "--grid", "variant=seed", "--grid", "method=akd", "--seeds", "0",
+                 "--device", "cpu", "--out", str(tmp_path / "runs"), "--cache", str(tmp_path / "cache"),
+                 *[x for s in sets for x in ("--set", s)]])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("record.json")]
     assert record["status"] == "ok", record.get("error")
-    assert record["student"]["params"] == 11_220_132
+    assert record["teacher"]["model"] == "resnet34-imagenet" and record["student"]["params"] == 11_220_132
     assert {"peer_top1_last", "peer_top1_best", "top1_last"} <= set(record["metrics"])
 
 
