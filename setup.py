@@ -1,11 +1,16 @@
-"""Install kdbench and build its fused-loss extension (kdbench_ext) when sources are present."""
+"""Build kdbench's fused-loss extension (kdbench_ext._C); the package metadata is in pyproject.toml.
+
+Without a working compiler the install goes on without the extension (one-line notice) and
+kdbench.losses uses its PyTorch reference; KDBENCH_EXT_REQUIRED=1 makes a failed build an error
+(CI sets it, so a broken kernel cannot hide behind the fallback).
+"""
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 HERE = Path(__file__).parent
 CSRC = HERE / "kdbench_ext" / "csrc"
@@ -107,37 +112,26 @@ def extension_build():
     else:
         ext = CppExtension("kdbench_ext._C", sources, extra_compile_args={"cxx": cxx},
                            extra_link_args=link)
-    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    return [ext], {"build_ext": optional_build(BuildExtension.with_options(use_ninja=True))}
+
+
+def optional_build(build_ext):
+    """``build_ext`` that, when compiling fails, installs without the op (unless KDBENCH_EXT_REQUIRED=1)."""
+
+    class OptionalBuildExtension(build_ext):
+        def run(self):
+            try:
+                super().run()
+            except Exception as exc:  # no compiler, a broken toolchain, ninja failing: all the same to the user
+                if _truthy(os.environ.get("KDBENCH_EXT_REQUIRED", "")):
+                    raise
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+                print(f"kdbench_ext: NOTICE: the fused loss op was not compiled ({reason}); "
+                      "kdbench will use its PyTorch reference losses", file=sys.stderr)
+
+    return OptionalBuildExtension
 
 
 ext_modules, cmdclass = extension_build()
 
-setup(
-    name="kdbench",
-    version="0.1.0",
-    description="A plugin-based benchmark harness for knowledge distillation",
-    long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
-    long_description_content_type="text/markdown",
-    python_requires=">=3.10",
-    packages=find_packages(include=["kdbench", "kdbench.*", "kdbench_ext", "kdbench_ext.*"]),
-    package_data={"kdbench_ext": ["csrc/*"]},
-    install_requires=[
-        "torch>=2.4",
-        "torchvision>=0.19",
-        "pluggy>=1.3",
-        "pandas>=1.5",
-        "tabulate>=0.9",
-        "tqdm>=4.60",
-        "numpy>=1.23",
-        "scipy>=1.9",  # Student-t quantiles for the leaderboard intervals (kdbench/stats.py)
-        "ninja",
-    ],
-    extras_require={
-        "test": ["pytest>=7", "pytest-benchmark>=4", "scikit-learn>=1.2", "matplotlib>=3.5"],
-        "plot": ["matplotlib>=3.5"],
-        "ray": ["ray"],
-    },
-    entry_points={"console_scripts": ["kdbench=kdbench.cli:main"]},
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-)
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

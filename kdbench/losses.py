@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +72,9 @@ def _init() -> tuple:
                 devices = ("cpu", "cuda") if status["cuda"] else ("cpu",)
             else:
                 status["error"] = f"kdbench_ext._C not loaded: {kdbench_ext.load_error()!r}"
+                reason = (str(kdbench_ext.load_error()).splitlines() or ["not built"])[0]
+                print(f"kdbench: NOTICE: the compiled loss op is not available ({reason}); "
+                      "using the PyTorch reference losses", file=sys.stderr)
     _STATUS = status
     _DEVICES = devices
     return devices
