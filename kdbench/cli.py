@@ -25,7 +25,7 @@ def build_parser():
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     run.add_argument("--out", default="runs", help="folder for run records (default ./runs)")
     run.add_argument("--cache", default="", help="teacher cache folder (default $KDBENCH_CACHE or ~/.cache/kdbench)")
-    run.add_argument("--teacher", default="", metavar="PATH", help="use this teacher checkpoint instead of the cache")
+    run.add_argument("--teacher", default="", metavar="PATH|URL#sha256=HEX", help="use this teacher checkpoint instead of the cache, or download it (verified against its SHA-256)")
     run.add_argument("--force", action="store_true", help="redo finished runs")
     add_plugin_options(run)
 
@@ -132,14 +132,20 @@ def cmd_run(args):
         from kdbench.teachers import default_cache_dir
 
         check_writable_dir(default_cache_dir(), "the teacher cache ($KDBENCH_CACHE)")
+    teacher_path, sets = args.teacher, list(args.sets)
+    if "://" in teacher_path:  # a URL: set like the file's [teacher] url and sha256, so records name it
+        sets += teacher_url_sets(teacher_path)
+        teacher_path = ""
     runner.registry_for.cache_clear()  # a fresh registry, so each run verifies its teachers anew
     registry = runner.registry_for((str(folder),), args.strict_plugins)
-    cells, seeds, profile = experiment.expand(folder, registry, grid=args.grid, sets=args.sets, profile=args.profile, seeds=seeds, plugin_dirs=[folder])
+    cells, seeds, profile = experiment.expand(folder, registry, grid=args.grid, sets=sets, profile=args.profile, seeds=seeds, plugin_dirs=[folder])
     engine.resolve_device(args.device)
     engine.check_data(registry, cells)
+    if not teacher_path:  # a wrong hash or an unreachable server stops here, before any training
+        runner.download_teachers(cells, args.cache)
     print(f"kdbench: {cells[0].experiment} ({profile or 'no'} profile): {len(cells)} cell(s) x {len(seeds)} seed(s) -> {args.out}")
     options = runner.RunOptions(out=args.out, cache=args.cache, device=args.device, force=args.force,
-                                teacher_path=args.teacher, strict_plugins=args.strict_plugins)
+                                teacher_path=teacher_path, strict_plugins=args.strict_plugins)
     records, all_ok = runner.run_grid(cells, seeds, options)
     table = leaderboard.render(records, "md")
     print("\n" + table)
@@ -153,6 +159,14 @@ def cmd_run(args):
     if not all_ok:
         print("kdbench: some runs failed (see above); rerun to retry them", file=sys.stderr)
     return 0 if all_ok else 1
+
+
+def teacher_url_sets(value):
+    """``--teacher URL#sha256=HEX`` as the two settings it stands for."""
+    url, marker, sha256 = value.partition("#sha256=")
+    if not marker or not sha256:
+        raise ConfigError(f"--teacher {value}: a teacher URL needs its hash, as --teacher URL#sha256=HEX")
+    return [f"teacher.url={url}", f"teacher.sha256={sha256}"]
 
 
 def cmd_list(args):

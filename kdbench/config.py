@@ -51,6 +51,8 @@ class TeacherConfig:
     data: dict = field(default_factory=dict)  # DataConfig overrides (train_subset, ...)
     seed: int = 0
     path: str = ""  # bring your own checkpoint instead of the cache (--teacher PATH)
+    url: str = ""  # or download one (http(s):// or file://), verified against sha256 (--teacher URL#sha256=HEX)
+    sha256: str = ""
 
 
 @dataclass

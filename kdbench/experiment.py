@@ -359,6 +359,7 @@ def resolve_teacher(registry, teacher, data):
             spec[key] = check_type(value, options[key], f"teacher.{key}")
         else:
             raise ConfigError(f"teacher model {teacher['model']!r} has no option {key!r}; its options: {', '.join(options) or '(none)'}")
+    check_teacher_url(spec)
     spec["train"] = section(TrainConfig, spec["train"], "teacher.train")
     check_train(spec["train"], "teacher.train")
     spec["data"] = section(DataConfig, data | spec["data"], "teacher.data")
@@ -385,6 +386,22 @@ def check_method_options(method_cls, options, arm, where="method"):
         raise
     except Exception as exc:  # a plugin's check that raised something else still stops the grid here
         raise ConfigError(f"{where} of {arm!r}: {type(exc).__name__}: {exc}") from None
+
+
+def check_teacher_url(spec):
+    """A teacher given by URL needs the SHA-256 its download is verified against."""
+    spec["url"], spec["sha256"] = str(spec["url"]).strip(), str(spec["sha256"]).strip().lower()
+    url, sha256 = spec["url"], spec["sha256"]
+    if sha256 and not url:
+        raise ConfigError("teacher.sha256 is set but teacher.url is not: the hash verifies a teacher given by URL")
+    if not url:
+        return
+    if not url.startswith(("http://", "https://", "file://")):
+        raise ConfigError(f"teacher.url {url!r} is not an http://, https:// or file:// address")
+    if not sha256:
+        raise ConfigError(f"teacher.url {url!r} needs teacher.sha256 (the file's SHA-256, 64 hex digits) to verify the download")
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise ConfigError(f"teacher.sha256 {sha256!r} is not a SHA-256: expected 64 hex digits")
 
 
 def default_of(f):

@@ -105,6 +105,17 @@ def headline(record):
     return f"{metric} last {record['metrics'][metric + '_last']:.2f} / best {record['metrics'][metric + '_best']:.2f} in {record['train_time_s']:.0f}s"
 
 
+def download_teachers(cells, cache=""):
+    """Fetch and verify the teachers given by URL before any training (each once; later runs
+    find them in the cache)."""
+    from kdbench.teachers import default_cache_dir, download
+
+    root = Path(cache).expanduser() if cache else default_cache_dir()
+    wanted = {(c.config["teacher"]["url"], c.config["teacher"]["sha256"]) for c in cells if (c.config["teacher"] or {}).get("url")}
+    for url, sha256 in sorted(wanted):
+        download(url, sha256, root / "teachers" / "downloads", lambda msg: print(f"kdbench: {msg}", file=sys.stderr))
+
+
 @functools.lru_cache(maxsize=4)
 def registry_for(plugin_dirs, strict):
     from kdbench.plugins import load_registry

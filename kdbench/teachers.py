@@ -60,6 +60,8 @@ class TeacherCache:
         with engine.preserved_rng():
             if spec.get("path"):
                 return self.load_external(spec)
+            if spec.get("url"):
+                return self.load_url(spec)
             key = teacher_key(spec)
             if key not in self.loaded:
                 folder = self.root / key
@@ -126,17 +128,28 @@ class TeacherCache:
         path = Path(spec["path"]).expanduser()
         if not path.is_file():
             raise CheckpointError(f"--teacher {path}: no such file")
-        digest = sha256_file(path)
+        return self.load_file(spec, path, sha256_file(path), f"--teacher {path}")
+
+    def load_url(self, spec):
+        """A teacher given by URL and SHA-256: downloaded once into the cache, verified on every load."""
+        path = download(spec["url"], spec["sha256"], self.root / "downloads", self.warn)
+        teacher = self.load_file(spec, path, spec["sha256"], f"teacher {spec['url']}")
+        teacher.info.update(url=spec["url"], sha256=spec["sha256"])
+        return teacher
+
+    def load_file(self, spec, path, digest, label):
+        """A checkpoint from outside the cache: a state_dict of the teacher model, or the cache's
+        {"modules": ...} format; ``label`` names it in errors."""
         if digest not in self.loaded:
             try:
                 saved = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as exc:
-                raise CheckpointError(f"--teacher {path} is not a readable torch checkpoint ({type(exc).__name__}); pass a state_dict saved with torch.save") from None
+                raise CheckpointError(f"{label} is not a readable torch checkpoint ({type(exc).__name__}); pass a state_dict saved with torch.save") from None
             modules = saved["modules"] if isinstance(saved, dict) and "modules" in saved else {"model": saved}
             try:
                 self.loaded[digest] = self.restore(spec, modules, digest, str(path), self.root / "external" / digest[:16])
             except RuntimeError as exc:
-                raise CheckpointError(f"--teacher {path} does not fit teacher model {spec['model']!r}: {str(exc).splitlines()[0]}") from None
+                raise CheckpointError(f"{label} does not fit teacher model {spec['model']!r}: {str(exc).splitlines()[0]}") from None
         return self.loaded[digest]
 
     def restore(self, spec, modules, digest, path, run_dir):
@@ -152,6 +165,44 @@ class TeacherCache:
             "metrics": method.evaluate("test"), "method": spec["method"],
         }
         return engine.Teacher(ctx.student, {n: m for n, m in ctx.modules.items() if n != "student"}, info)
+
+
+def download(url, sha256, folder, warn=print):
+    """The file at ``url`` whose SHA-256 is ``sha256``, downloaded once into ``folder``.
+
+    It is fetched into a temporary file, verified, then renamed into place, so a failed
+    download (no network, a server that dies mid-file) or a wrong hash keeps nothing.
+    """
+    import http.client
+    import urllib.request
+
+    dest = Path(folder) / f"{sha256}.pt"
+    with file_lock(dest.with_suffix(".lock")):
+        if dest.exists():
+            if sha256_file(dest) == sha256:
+                return dest
+            warn(f"downloaded teacher {dest} no longer matches its sha256; downloading it again")
+        warn(f"downloading teacher {url}")
+        tmp = dest.with_name(f"{dest.name}.{os.getpid()}.part")
+        digest = hashlib.sha256()
+        try:
+            try:
+                with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
+                    for block in iter(lambda: response.read(1 << 20), b""):
+                        digest.update(block)
+                        out.write(block)
+                    if getattr(response, "length", None):  # bytes the server announced but never sent
+                        raise OSError(f"the connection closed with {response.length} bytes still to come")
+            except (OSError, ValueError, http.client.HTTPException) as exc:  # URLError and timeouts are OSErrors
+                reason = getattr(exc, "reason", None) or exc
+                reason = (str(reason).splitlines() or [type(exc).__name__])[0]
+                raise CheckpointError(f"cannot download teacher {url}: {reason}; nothing was kept") from None
+            if digest.hexdigest() != sha256:
+                raise CheckpointError(f"teacher {url} has sha256 {digest.hexdigest()}, not the expected {sha256}; nothing was kept")
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return dest
 
 
 def model_options(spec):
