@@ -177,13 +177,13 @@ def download(url, sha256, folder, warn=print):
     import urllib.request
 
     dest = Path(folder) / f"{sha256}.pt"
-    with file_lock(dest.with_suffix(".lock")):
+    with store.file_lock(dest.with_suffix(".lock")):
         if dest.exists():
             if sha256_file(dest) == sha256:
                 return dest
             warn(f"downloaded teacher {dest} no longer matches its sha256; downloading it again")
         warn(f"downloading teacher {url}")
-        tmp = dest.with_name(f"{dest.name}.{os.getpid()}.part")
+        tmp = store.temp_path(dest)
         digest = hashlib.sha256()
         try:
             try:
