@@ -1,7 +1,13 @@
 """The one training loop: teachers, the scratch baseline and every method run on it.
 
 It owns device placement, seeding, bf16 autocast on CUDA, the progress bar, the NaN/inf guard,
-validation and best-epoch tracking, periodic checkpoints and resuming an interrupted run.
+validation and best-epoch tracking, periodic checkpoints and resuming an interrupted run, and the
+method's lifecycle:
+
+    prepare -> [per epoch: phase "train" steps -> end_epoch -> phase "val" evaluate("val") -> best
+    snapshot of every module + method state if better -> checkpoint] -> finish() -> phase
+    "test-last" evaluate("test") -> the best snapshot loaded into every module (+ the method's
+    state) -> phase "test-best" evaluate("test") -> teardown (always, also when the cell fails)
 """
 import contextlib
 import functools
@@ -19,10 +25,11 @@ import numpy as np
 import torch
 
 from kdbench import store
-from kdbench.errors import CheckpointError, NonFiniteLoss
+from kdbench.errors import CheckpointError, ConfigError, NonFiniteLoss
 
 CHECKPOINT = "checkpoint.pt"
 CHECKSUM_HEADER = b"kdbench checkpoint sha256="  # first line of a checkpoint file; torch.save's bytes follow
+CHECKPOINT_FORMAT = 2  # 2: epoch counters and the best snapshot of every module; older ones restart
 DATA_SOURCE_KEYS = ("name", "root", "download", "split_seed")  # what the raw arrays depend on
 HISTORY = "history.jsonl"
 
@@ -47,8 +54,6 @@ def resolve_device(name):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from kdbench.errors import ConfigError
-
         raise ConfigError("--device cuda was asked for but torch sees no CUDA device; use --device cpu or auto")
     return torch.device(name)
 
@@ -85,22 +90,66 @@ class Context:
         self.data = data
         self.run_dir = Path(run_dir)
         self.registry = registry
+        self.epoch = 0  # 0-based epoch being trained (in evaluation: the one just trained)
+        self.global_step = 0  # train_step calls completed in this run
+        self.phase = "train"  # "train" | "val" | "test-last" | "test-best"
         self.modules = {}
+        self.trainable = []  # names of the modules Method.parameters() optimises
+        self.unsnapshotted = set()  # modules left out of the best snapshot (trained post hoc)
         self.optimizers = []
         self.schedulers = []
+        self.taps = []
+        self.stream = None  # this epoch's training batches (ctx.next_batch)
+        self.best = None  # the best-epoch snapshot (ctx.best_state)
         self.student = self.add_module("student", student)
         self.teacher = teacher.model if teacher else None
         self.teacher_extras = teacher.extras if teacher else {}
         self.teacher_loader = teacher_loader
 
-    def add_module(self, name, module):
-        if name in self.modules:
+    def add_module(self, name, module, trainable=True, snapshot=True):
+        if name in self.modules or name == "method":  # "method" names the method's state in snapshots
             raise ValueError(f"module name {name!r} is already used in this run")
         module = module.to(self.device)
         if self.device.type == "cuda":  # NHWC convolutions are faster on tensor cores
             module = module.to(memory_format=torch.channels_last)
         self.modules[name] = module
+        if trainable:
+            self.trainable.append(name)
+        if not snapshot:
+            self.unsnapshotted.add(name)
         return module
+
+    def features(self, model, paths):
+        from kdbench.features import FeatureTap
+
+        tap = FeatureTap(model, paths)
+        self.taps.append(tap)
+        return tap
+
+    def feature_shapes(self, model, paths, inputs=None):
+        from kdbench.features import output_shapes
+
+        if inputs is None:  # two real images, in order: no random stream is touched
+            split = "val" if self.data.size("val") else "train"
+            inputs, _ = next(iter(self.data.batches(split, 2)))
+        shapes = output_shapes(model, inputs, paths)
+        wrong = {p: s for p, s in shapes.items() if not isinstance(s, torch.Size)}
+        if wrong:
+            raise ConfigError(f"module output(s) that are not tensors: {wrong}")
+        return shapes
+
+    def remove_features(self):
+        for tap in self.taps:
+            tap.remove()
+        self.taps = []
+
+    def next_batch(self):
+        if self.stream is None or self.phase != "train":
+            raise RuntimeError("ctx.next_batch() draws training batches: call it from train_step only")
+        return next(self.stream)
+
+    def best_state(self):
+        return self.best
 
     def optimizer(self, params, **overrides):
         cfg = dict(self.train) | overrides
@@ -112,8 +161,6 @@ class Context:
             cls = torch.optim.Adam if kind == "adam" else torch.optim.AdamW
             opt = cls(params, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
         else:
-            from kdbench.errors import ConfigError
-
             raise ConfigError(f"unknown optimizer {kind!r}; valid: sgd, adam, adamw")
         self.optimizers.append(opt)
         self.schedulers.append(make_scheduler(opt, cfg))
@@ -162,8 +209,6 @@ def make_scheduler(opt, cfg):
         return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg["step_size"], gamma=cfg["gamma"])
     if kind == "multistep":
         return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg["milestones"], gamma=cfg["gamma"])
-    from kdbench.errors import ConfigError
-
     raise ConfigError(f"unknown schedule {kind!r}; valid: none, cosine, step, multistep")
 
 
@@ -227,8 +272,27 @@ def prepare(*, registry, role, model_spec, method_name, method_options, data_cfg
     ctx = Context(student=model, teacher=teacher, data=data, train=train_cfg, seed=seed, device=device,
                   run_dir=run_dir, registry=registry, teacher_loader=teacher_loader)
     method_cls = registry.get("methods", method_name)
-    method = method_cls(method_cls.Config(**method_options), ctx)
-    return method, ctx
+    return build_method(method_cls, method_cls.Config(**method_options), ctx), ctx
+
+
+def build_method(method_cls, config, ctx):
+    """The method on ``ctx``, with its default optimizer (the student and every trainable module)
+    unless its __init__ set ``self.optimizer`` itself. Tests that build a method by hand use this."""
+    try:
+        method = method_cls(config, ctx)
+        if getattr(method, "optimizer", None) is None:
+            method.optimizer = ctx.optimizer(method.parameters())
+    except BaseException:
+        ctx.remove_features()  # hooks on a shared teacher must not outlive a failed build
+        raise
+    return method
+
+
+def teardown(method, ctx):
+    """End of a cell, ok or failed: remove every feature hook, then the method's own teardown."""
+    ctx.remove_features()
+    ctx.stream = None
+    method.teardown()
 
 
 @contextlib.contextmanager
@@ -249,8 +313,11 @@ def train(method, ctx, desc="train"):
     """Train ``method`` and return a result dict: last and best test metrics, the best epoch
     (chosen on validation, never on test), training time. Resumes from ``ctx.run_dir`` if a
     checkpoint is there."""
-    with cpu_threads(ctx.train["threads"], ctx.device):
-        result = train_loop(method, ctx, desc)
+    try:
+        with cpu_threads(ctx.train["threads"], ctx.device):
+            result = train_loop(method, ctx, desc)
+    finally:
+        teardown(method, ctx)
     return result | {"threads": torch.get_num_threads() if ctx.train["threads"] <= 0 else ctx.train["threads"]}
 
 
@@ -259,16 +326,15 @@ def train_loop(method, ctx, desc):
     metric, direction = method.selection
     steps = cfg["steps_per_epoch"] or math.ceil(ctx.data.info["train_size"] / cfg["batch_size"])
     if not method.uses_data and not cfg["steps_per_epoch"]:
-        from kdbench.errors import ConfigError
-
         raise ConfigError(f"method {type(method).__name__} is data-free: set train.steps_per_epoch")
     shuffle = torch.Generator(device="cpu").manual_seed(ctx.seed)
-    state = {"epoch": 0, "best": None, "best_epoch": None, "best_state": None, "history": [], "elapsed": 0.0}
+    state = {"epoch": 0, "global_step": 0, "best": None, "best_epoch": None, "best_state": None, "history": [], "elapsed": 0.0}
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = ctx.run_dir / CHECKPOINT
     if checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path, ctx, method, shuffle)
         print(f"kdbench: resuming {ctx.run_dir} after epoch {state['epoch']}", file=sys.stderr)
+    ctx.global_step, ctx.best = state["global_step"], state["best_state"]
     # the curve log restarts from what the checkpoint holds (no epochs logged twice)
     (ctx.run_dir / HISTORY).write_text("".join(json.dumps(row) + "\n" for row in state["history"]))
 
@@ -276,12 +342,14 @@ def train_loop(method, ctx, desc):
     bar.update(state["epoch"] * steps)
     start = time.perf_counter() - state["elapsed"]
     for epoch in range(state["epoch"], cfg["epochs"]):
+        ctx.epoch, ctx.phase = epoch, "train"
         set_train_mode(ctx, True)
-        batches = iter_batches(ctx, method, cfg, shuffle)
+        ctx.stream = training_batches(ctx, cfg, shuffle)  # lazy: draws nothing until asked
         sums = {}
         for _ in range(steps):
             with autocast(ctx.device, cfg["amp"]):
-                losses = method.train_step(next(batches))
+                losses = method.train_step(next(ctx.stream) if method.uses_data else None)
+            ctx.global_step += 1
             for name, value in losses.items():  # summed on the device: no sync per step
                 sums[name] = sums.get(name, 0.0) + (value.detach().float() if torch.is_tensor(value) else value)
             bar.update(1)
@@ -289,31 +357,35 @@ def train_loop(method, ctx, desc):
             if scheduler is not None:
                 scheduler.step()
         method.end_epoch(epoch)
+        ctx.stream = None
         row = {"epoch": epoch + 1} | {f"train_{k}": float(v) / steps for k, v in sums.items()}
         last_epoch = epoch + 1 == cfg["epochs"]
         if (epoch + 1) % cfg["eval_every"] == 0 or last_epoch:
+            ctx.phase = "val"
             set_train_mode(ctx, False)
             val = method.evaluate("val")
             row |= {f"val_{k}": v for k, v in val.items()}
             if is_better(val[metric], state["best"], direction):
-                state |= {"best": val[metric], "best_epoch": epoch + 1, "best_state": cpu_state(ctx.student)}
+                ctx.best = snapshot(ctx, method)
+                state |= {"best": val[metric], "best_epoch": epoch + 1, "best_state": ctx.best}
         state["history"].append(row)
-        state["epoch"] = epoch + 1
+        state["epoch"], state["global_step"] = epoch + 1, ctx.global_step
         state["elapsed"] = time.perf_counter() - start
         with open(ctx.run_dir / HISTORY, "a") as log:
             log.write(json.dumps(row) + "\n")
         if (epoch + 1) % cfg["checkpoint_every"] == 0 and not last_epoch:
             save_checkpoint(checkpoint_path, ctx, method, shuffle, state)
     bar.close()
+    ctx.phase = "train"
     method.finish()
     train_time = time.perf_counter() - start
 
     set_train_mode(ctx, False)
+    ctx.phase = "test-last"
     last = method.evaluate("test")
-    last_state = cpu_state(ctx.student)
-    ctx.student.load_state_dict(state["best_state"])
+    load_snapshot(ctx, method, ctx.best)
+    ctx.phase = "test-best"
     best = method.evaluate("test")
-    ctx.student.load_state_dict(last_state)
     checkpoint_path.unlink(missing_ok=True)  # the run is finished; its record is what counts
     return {
         "metrics": {f"{k}_last": v for k, v in last.items()} | {f"{k}_best": v for k, v in best.items()},
@@ -322,24 +394,49 @@ def train_loop(method, ctx, desc):
         "train_time_s": train_time,
         "epochs": cfg["epochs"],
         "steps_per_epoch": steps,
-        "best_state": state["best_state"],
+        # what the best test scored: the best snapshot, and modules trained post hoc as finish() left them
+        "best_state": {name: cpu_state(m) for name, m in ctx.modules.items()},
     }
 
 
-def iter_batches(ctx, method, cfg, shuffle):
-    if not method.uses_data:
-        while True:
-            yield None
+def training_batches(ctx, cfg, shuffle):
     while True:  # cycles when steps_per_epoch asks for more than one pass
         yield from ctx.data.batches("train", cfg["batch_size"], shuffle=True, augment=True, generator=shuffle)
 
 
+def cpu_copy(value):
+    """A CPU copy of a state: tensors detached and copied, dicts, lists and tuples walked."""
+    if torch.is_tensor(value):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: cpu_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(cpu_copy(v) for v in value)
+    return value
+
+
 def cpu_state(module):
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+    return cpu_copy(module.state_dict())
+
+
+def snapshot(ctx, method):
+    """The best-epoch snapshot: every module's state (but those trained post hoc) and the method's."""
+    modules = {name: cpu_state(m) for name, m in ctx.modules.items() if name not in ctx.unsnapshotted}
+    return modules | {"method": cpu_copy(method.state_dict())}
+
+
+def load_snapshot(ctx, method, snap):
+    if snap is None:
+        return
+    for name, module in ctx.modules.items():
+        if name in snap:
+            module.load_state_dict(snap[name])
+    method.load_state_dict(snap["method"])
 
 
 def save_checkpoint(path, ctx, method, shuffle, state):
     payload = {
+        "format": CHECKPOINT_FORMAT,
         "modules": {name: m.state_dict() for name, m in ctx.modules.items()},
         "optimizers": [opt.state_dict() for opt in ctx.optimizers],
         "schedulers": [s.state_dict() if s else None for s in ctx.schedulers],
@@ -366,6 +463,8 @@ def read_checkpoint(path, device):
 def load_checkpoint(path, ctx, method, shuffle):
     try:
         payload = read_checkpoint(path, ctx.device)
+        if payload.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"format {payload.get('format', 1)}, this kdbench writes {CHECKPOINT_FORMAT}")
         for name, module in ctx.modules.items():
             module.load_state_dict(payload["modules"][name])
         for opt, saved in zip(ctx.optimizers, payload["optimizers"], strict=True):
@@ -382,7 +481,4 @@ def load_checkpoint(path, ctx, method, shuffle):
         path.unlink(missing_ok=True)
         reason = str(exc) if isinstance(exc, CheckpointError) else f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         raise CheckpointError(f"checkpoint {path} is unreadable ({reason}); it was removed") from None
-    state = payload["state"]
-    if state["best_state"] is not None:
-        state["best_state"] = {k: v.cpu() for k, v in state["best_state"].items()}
-    return state
+    return cpu_copy(payload["state"])

@@ -3,8 +3,19 @@
 A method is small (mdistiller's Distiller is the model): it declares its hyperparameters as a
 dataclass with the source paper's defaults, creates its own extra modules and optimizers, and
 implements one training step. Everything else (device placement, bf16 autocast on CUDA, seeding,
-the epoch loop, progress, NaN guard, checkpoints, resume, validation, best-epoch tracking, the
-final test and the measurements) belongs to the engine, through ``ctx`` (``kdbench.engine.Context``):
+the epoch loop, progress, NaN guard, checkpoints, resume, validation, best-epoch snapshots, the
+final tests, teardown and the measurements) belongs to the engine, through ``ctx``
+(``kdbench.engine.Context``).
+
+The lifecycle, owned by the engine: ``__init__`` (call ``super().__init__(config, ctx)`` first,
+then add modules; the engine then builds ``self.optimizer = ctx.optimizer(self.parameters())``
+unless ``__init__`` set ``self.optimizer`` itself) -> per epoch: phase "train" (``train_step``
+calls) -> ``end_epoch(epoch)`` -> phase "val" (``evaluate("val")``) -> a snapshot of every module
+and of ``state_dict()`` when the epoch is the best so far -> checkpoint; then ``finish()`` ->
+phase "test-last" (``evaluate("test")`` of the last state) -> the best snapshot loaded into every
+module and ``load_state_dict`` -> phase "test-best" (``evaluate("test")``) -> ``teardown()``,
+which always runs, also when the cell fails. A teacher's cache entry saves every module as the
+"test-best" pass saw them.
 
     ctx.student, ctx.teacher      the models on the device; the teacher is in eval mode with
                                   frozen parameters (gradients still flow to its input)
@@ -12,8 +23,32 @@ final test and the measurements) belongs to the engine, through ``ctx`` (``kdben
                                   (a generator trained with it, say), frozen, keyed by name
     ctx.data                      the DataBundle: .batches(), .tensors(), .info, .denormalize()
     ctx.device, ctx.train, ctx.seed, ctx.run_dir
-    ctx.add_module(name, module)  move an extra module to the device and have it checkpointed,
-                                  resumed and put in train mode with the student; returns it
+    ctx.epoch                     0-based epoch being trained (in evaluation: the one just
+                                  trained); checkpointed, so a resumed run sees the right one
+    ctx.global_step               train_step calls completed in this run (all epochs); checkpointed
+    ctx.phase                     "train", "val", "test-last" or "test-best": what the engine is
+                                  doing now (evaluate still gets "val" or "test")
+    ctx.add_module(name, module, trainable=True, snapshot=True)
+                                  move an extra module to the device and have it checkpointed,
+                                  resumed, put in train/eval mode with the student and snapshotted
+                                  at the best epoch; returns it. trainable: optimised by the
+                                  default optimizer (pass False for modules with an optimizer of
+                                  their own, a GAN's G or D). snapshot=False: a module that
+                                  finish() trains post hoc keeps its final state in the best test
+                                  and the teacher cache. Records count every module but the
+                                  student as the method's parameters (record["method_params"]).
+    ctx.features(model, paths)    a FeatureTap: forward hooks on ``model``'s submodules named by
+                                  dotted path (``python -m kdbench list students --layers MODEL``
+                                  lists them); after a forward of ``model``, tap[path] is that
+                                  submodule's output. Removed by the engine at teardown.
+    ctx.feature_shapes(model, paths)
+                                  {path: torch.Size without the batch dim}, from one eval-mode
+                                  forward of two validation images (no random stream touched),
+                                  to size a regressor in __init__
+    ctx.next_batch()              one more augmented training batch (images, labels) from the
+                                  run's data stream, for steps that use several batches
+    ctx.best_state()              the best-epoch snapshot {module name: state_dict, "method":
+                                  state_dict()} (None before the first validation); read-only
     ctx.optimizer(params, **over) an optimizer (and its per-epoch scheduler) from the [train]
                                   settings, with overrides such as optimizer="adam", lr=2e-4,
                                   betas=[0.5, 0.999], schedule="none"; checkpointed and resumed
@@ -50,7 +85,18 @@ class Method:
         self.ctx = ctx
         self.student = ctx.student
         self.teacher = ctx.teacher
-        self.optimizer = ctx.optimizer(self.student.parameters())
+        self.optimizer = None  # built by the engine after __init__ unless the method sets it
+
+    def parameters(self):
+        """What the default optimizer optimises: the student's parameters and those of every
+        module added with ``trainable=True``, each once."""
+        seen, params = set(), []
+        for name in self.ctx.trainable:
+            for p in self.ctx.modules[name].parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    params.append(p)
+        return params
 
     def train_step(self, batch):
         """One step on ``batch`` (images, labels already on the device and augmented; None when
@@ -59,10 +105,16 @@ class Method:
         raise NotImplementedError
 
     def end_epoch(self, epoch):
-        """Called after each epoch's steps, before validation."""
+        """Called after each epoch's steps, before validation; ``epoch`` is the 0-based index of
+        the epoch that just ended (== ctx.epoch)."""
 
     def finish(self):
-        """Called once after the last epoch, before the final test (post-hoc training goes here)."""
+        """Called once after the last epoch, before the final tests (post-hoc training goes here;
+        ``ctx.best_state()`` holds the best epoch's snapshot)."""
+
+    def teardown(self):
+        """Called once when the cell ends, ok or failed, after the engine removed its feature
+        hooks: release whatever the method holds outside its modules."""
 
     def evaluate(self, split):
         """Metrics of the student on ``split`` ("val" or "test"); must contain the selection key."""
@@ -75,7 +127,8 @@ class Method:
         return torch.randn(shape, device=self.ctx.device)
 
     def state_dict(self):
-        """Extra state to checkpoint besides modules and optimizers (counters, buffers)."""
+        """Extra state to checkpoint and snapshot at the best epoch besides modules and
+        optimizers (counters, buffers)."""
         return {}
 
     def load_state_dict(self, state):

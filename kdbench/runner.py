@@ -213,6 +213,8 @@ def train_and_measure(job):
         "selection": result["selection"],
         "directions": result["directions"],
         "student": {"model": config["student"]["model"], "params": params, "kind": method_cls.student_kind},
+        # the method's own modules (regressors, generators, discriminators), never in the student's count
+        "method_params": {name: measure.count_params(m) for name, m in ctx.modules.items() if name != "student"},
         "teacher": teacher_info,
         "param_ratio": params / teacher_info["params"] if teacher_info else None,
         "speed": speed,

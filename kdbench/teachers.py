@@ -90,8 +90,9 @@ class TeacherCache:
             self.warn(f"{exc}; training the teacher afresh")
             method, ctx = self.prepare(spec, folder / "work")
             result = engine.train(method, ctx, desc=f"teacher {spec['model']}")
-        extras = {name: m for name, m in ctx.modules.items() if name != "student"}
-        modules = {"model": result["best_state"]} | {name: engine.cpu_state(m) for name, m in extras.items()}
+        # every module as the best test saw it: the best-epoch snapshot (and post-hoc modules)
+        states = result["best_state"]
+        modules = {"model": states["student"]} | {name: state for name, state in states.items() if name != "student"}
         buffer = io.BytesIO()
         torch.save({"modules": modules}, buffer)
         store.write_bytes(folder / WEIGHTS, buffer.getvalue())
@@ -160,9 +161,14 @@ class TeacherCache:
             if name != "student":
                 module.load_state_dict(modules[name])
         engine.set_train_mode(ctx, False)
+        ctx.phase = "test-best"
+        try:
+            metrics = method.evaluate("test")
+        finally:
+            engine.teardown(method, ctx)
         info = {
             "hash": digest[:16], "path": path, "model": spec["model"], "params": count_params(ctx.student),
-            "metrics": method.evaluate("test"), "method": spec["method"],
+            "metrics": metrics, "method": spec["method"],
         }
         return engine.Teacher(ctx.student, {n: m for n, m in ctx.modules.items() if n != "student"}, info)
 

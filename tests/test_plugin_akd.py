@@ -109,7 +109,7 @@ def test_paper_seed_variant_trains_both_students_against_one_generator(monkeypat
 def test_one_iteration_updates_student_and_generator_and_never_the_teacher(registry, tmp_path):
     from kdbench.config import DataConfig, TrainConfig
     from kdbench.data import DataBundle
-    from kdbench.engine import Context, Teacher
+    from kdbench.engine import Context, Teacher, build_method
     from dataclasses import asdict
 
     torch.manual_seed(0)
@@ -122,7 +122,7 @@ def test_one_iteration_updates_student_and_generator_and_never_the_teacher(regis
     ctx = Context(student=student, teacher=teacher, data=data, train=train, seed=0, device=torch.device("cpu"),
                   run_dir=tmp_path, registry=registry)
     akd_cls = registry.get("methods", "akd")
-    method = akd_cls(akd_cls.Config(ngf=8), ctx)
+    method = build_method(akd_cls, akd_cls.Config(ngf=8), ctx)
     def no_real_images(*args, **kwargs):
         raise AssertionError("a real image reached the data-free method")
 

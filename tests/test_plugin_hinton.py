@@ -38,7 +38,7 @@ def test_seed_student_and_teacher_have_the_seeds_parameter_counts(registry, no_o
 def test_loss_is_the_seeds_formula_and_the_teacher_gets_no_gradient(registry, tmp_path):
     from kdbench.config import DataConfig, TrainConfig
     from kdbench.data import DataBundle
-    from kdbench.engine import Context, Teacher
+    from kdbench.engine import Context, Teacher, build_method
 
     torch.manual_seed(0)
     x = torch.randint(0, 256, (16, 1, 28, 28), dtype=torch.uint8)
@@ -49,7 +49,7 @@ def test_loss_is_the_seeds_formula_and_the_teacher_gets_no_gradient(registry, tm
     ctx = Context(student=student, teacher=teacher, data=data, train=asdict(TrainConfig()) | {"lr": 0.0},
                   seed=0, device=torch.device("cpu"), run_dir=tmp_path, registry=registry)
     hinton = registry.get("methods", "hinton")
-    method = hinton(hinton.Config(temperature=5.0, alpha=0.2), ctx)
+    method = build_method(hinton, hinton.Config(temperature=5.0, alpha=0.2), ctx)
     images, labels = data.tensors("train")
     losses = method.train_step((images, labels))
 

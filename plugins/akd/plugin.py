@@ -15,7 +15,9 @@ No real training image reaches the student or the generator. Baselines, same loo
 ``peer`` (the seed's "one generator shared by the students"): a second student spec, e.g.
 ``{model = "resnet18", width = 0.5}``, trained in the same cell against the same generator and
 Adam, after the main student in every epoch, as the seed's ``train_epoch(student_50);
-train_epoch(student_20)`` does. Its test accuracy is reported as ``peer_top1``/``peer_top5``.
+train_epoch(student_20)`` does. Its test accuracy is reported as ``peer_top1``/``peer_top5``;
+"best" is the peer at the epoch the engine chose on the main student's validation accuracy (the
+engine snapshots every module there).
 """
 from dataclasses import dataclass, field
 
@@ -80,16 +82,14 @@ class AKD(Method):
         self.batch_size = ctx.train["batch_size"]
         generator = ctx.build_model("generators", config.generator, nz=config.nz, ngf=config.ngf)
         # channels_last: about 2x faster convolutions for this generator on CPU (measured here)
-        self.generator = ctx.add_module("generator", generator.to(memory_format=torch.channels_last))
+        self.generator = ctx.add_module("generator", generator.to(memory_format=torch.channels_last), trainable=False)
         self.opt_g = ctx.optimizer(self.generator.parameters(), optimizer="adam", lr=config.lr_g,
                                    betas=[0.9, 0.999], weight_decay=0.0)
         self.peer = self.peer_opt = None
         if config.peer:
             options = {k: v for k, v in config.peer.items() if k != "model"}
-            self.peer = ctx.add_module("peer", ctx.build_model("students", config.peer["model"], **options))
+            self.peer = ctx.add_module("peer", ctx.build_model("students", config.peer["model"], **options), trainable=False)
             self.peer_opt = ctx.optimizer(self.peer.parameters())
-            self.peer_best = {"top1": None, "state": None}  # the peer's best-validation checkpoint
-            self.test_passes = 0
 
     def noise(self):
         return torch.randn(self.batch_size, self.config.nz, device=self.ctx.device)
@@ -124,31 +124,11 @@ class AKD(Method):
                 self.iteration(self.peer, self.peer_opt)
 
     def evaluate(self, split):
-        """The student's metrics, and with a peer its ``peer_top1``/``peer_top5``. The peer keeps its
-        own best-validation checkpoint: the engine scores the test set twice (the last state, then
-        the best-validation state), and the second pass scores the peer's best state too."""
+        """The student's metrics, and with a peer its ``peer_top1``/``peer_top5``."""
         metrics = self.ctx.accuracy(self.student, split)
         if self.peer is None:
             return metrics
-        if split == "test":
-            self.test_passes += 1
-        if split == "test" and self.test_passes == 2 and self.peer_best["state"] is not None:
-            last = {k: v.detach().clone() for k, v in self.peer.state_dict().items()}
-            self.peer.load_state_dict(self.peer_best["state"])
-            peer = self.ctx.accuracy(self.peer, split)
-            self.peer.load_state_dict(last)
-        else:
-            peer = self.ctx.accuracy(self.peer, split)
-        if split == "val" and (self.peer_best["top1"] is None or peer["top1"] > self.peer_best["top1"]):
-            self.peer_best = {"top1": peer["top1"], "state": {k: v.detach().to("cpu", copy=True) for k, v in self.peer.state_dict().items()}}
-        return metrics | {f"peer_{k}": v for k, v in peer.items()}
-
-    def state_dict(self):
-        return {"peer_best": self.peer_best} if self.peer is not None else {}
-
-    def load_state_dict(self, state):
-        if "peer_best" in state:
-            self.peer_best = state["peer_best"]
+        return metrics | {f"peer_{k}": v for k, v in self.ctx.accuracy(self.peer, split).items()}
 
 
 class AKDRandom(Method):
@@ -157,9 +137,6 @@ class AKDRandom(Method):
 
     Config = RandomConfig
     uses_data = False
-
-    def __init__(self, config, ctx):
-        super().__init__(config, ctx)
 
     def train_step(self, batch):
         info = self.ctx.data.info
@@ -175,37 +152,19 @@ class AKDRandom(Method):
 
 class AKDKDReal(Method):
     """The upper bound (DFAD's KD-ORI): the same student steps and L1 logit loss on real training
-    images (augmented as ``[data] augment`` says), drawn here so that one step of this method is
-    ``student_steps`` batches, like one AKD iteration."""
+    images (augmented as ``[data] augment`` says): one step of this method is ``student_steps``
+    batches of the run's data stream (the engine's and ``ctx.next_batch()``), like one AKD iteration."""
 
     Config = KDRealConfig
-    uses_data = False  # it draws its own real batches: student_steps of them per train_step
-
-    def __init__(self, config, ctx):
-        super().__init__(config, ctx)
-        self.rng = torch.Generator(device="cpu").manual_seed(ctx.seed)
-        self.stream = self.batches()
-
-    def batches(self):
-        while True:
-            yield from self.ctx.data.batches("train", self.ctx.train["batch_size"], shuffle=True, augment=True, generator=self.rng)
 
     def train_step(self, batch):
-        for _ in range(self.config.student_steps):
-            images, _ = next(self.stream)
+        for step in range(self.config.student_steps):
+            images, _ = batch if step == 0 else self.ctx.next_batch()
             with torch.no_grad():
                 target = self.teacher(images)
             loss = F.l1_loss(self.student(images), target)
             self.ctx.step(self.optimizer, loss)
         return {"student_l1": loss.detach()}
-
-    def state_dict(self):
-        return {"rng": self.rng.get_state()}
-
-    def load_state_dict(self, state):
-        if "rng" in state:
-            self.rng.set_state(state["rng"].cpu())
-            self.stream = self.batches()
 
 
 @kdbench.hookimpl

@@ -16,13 +16,12 @@ of a small classifier trained once on the same data and cached like a teacher, l
 the selection metric), ``real_fd`` (the same distance between two real sets: the floor), ``coverage``
 (entropy of the predicted-class histogram over log C), ``mse_teacher`` (pixel MSE to the teacher's
 images for the same noise, in [-1, 1] units).
-Samples: ``samples_last.png`` and ``samples_best.png`` (the engine evaluates the last-epoch, then
-the best-epoch generator on test) and ``teacher_samples.png`` (same noise) in each run folder.
+Samples: ``samples_last.png`` and ``samples_best.png`` (the test passes of the last-epoch and the
+best-epoch generator, told apart by ``ctx.phase``) and ``teacher_samples.png`` (same noise) in each
+run folder.
 """
-import random
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -78,20 +77,6 @@ class GANKDConfig(GANConfig):
         check_choice(vars(self), "method", "match", ("last", "all"))
 
 
-def preserving_rng(fn, *args):
-    """Call ``fn`` without disturbing the global RNG streams (loading a cached model re-seeds them)."""
-    states = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
-              torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-    try:
-        return fn(*args)
-    finally:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.set_rng_state(states[2])
-        if states[3] is not None:
-            torch.cuda.set_rng_state_all(states[3])
-
-
 class DCGAN(Method):
     """Adversarial-only DCGAN training; also the base of the distillation methods."""
 
@@ -102,10 +87,7 @@ class DCGAN(Method):
     lower_is_better = ("mse_teacher", "real_fd")
 
     def __init__(self, config, ctx):
-        self.config = config
-        self.ctx = ctx
-        self.student = ctx.student
-        self.teacher = ctx.teacher
+        super().__init__(config, ctx)
         if not hasattr(self.student, "nz"):
             raise ConfigError(f"{type(self).__name__} trains a generator with an `nz` attribute (e.g. dcgan-student); "
                               f"got {type(self.student).__name__}")
@@ -113,13 +95,12 @@ class DCGAN(Method):
             raise ConfigError(f"{type(self).__name__}: generators output tanh images in [-1, 1]; set data.normalize = \"symmetric\"")
         info = ctx.data.info
         self.discriminator = ctx.add_module("discriminator", Discriminator(
-            info["in_channels"], info["image_size"], config.d_width, config.d_kernel, config.d_dropout))
+            info["in_channels"], info["image_size"], config.d_width, config.d_kernel, config.d_dropout), trainable=False)
         adam = dict(optimizer="adam", lr=config.lr, betas=[config.beta1, config.beta2], weight_decay=0.0, schedule="none")
         self.optimizer = ctx.optimizer(self.student.parameters(), **adam)
         self.d_optimizer = ctx.optimizer(self.discriminator.parameters(), **adam)
         self.features = PenultimateFeatures(self.load_feature_classifier())
         self.real_stats = {}
-        self.test_calls = 0
 
     # -- training ---------------------------------------------------------------------------
 
@@ -153,7 +134,7 @@ class DCGAN(Method):
             "train": {"epochs": c.fd_epochs, "optimizer": "adam", "lr": c.fd_lr, "batch_size": 128, "schedule": "none"},
             "data": {"normalize": "symmetric", "augment": [], "train_subset": c.fd_train_subset},
         }
-        return preserving_rng(self.ctx.load_teacher, spec).model
+        return self.ctx.load_teacher(spec).model  # leaves this run's random streams as they were
 
     def real_features(self, split):
         if split not in self.real_stats:
@@ -198,8 +179,7 @@ class DCGAN(Method):
     def save_grids(self, images, teacher_images):
         from torchvision.utils import save_image
 
-        self.test_calls += 1
-        name = {1: "samples_last.png", 2: "samples_best.png"}.get(self.test_calls, f"samples_{self.test_calls}.png")
+        name = {"test-last": "samples_last.png", "test-best": "samples_best.png"}.get(self.ctx.phase, f"samples_{self.ctx.phase}.png")
         n = min(self.config.grid, len(images))
         nrow = int(n ** 0.5)
         self.ctx.run_dir.mkdir(parents=True, exist_ok=True)
@@ -209,9 +189,6 @@ class DCGAN(Method):
 
     def example_input(self, batch_size):
         return self.noise(batch_size)
-
-    def state_dict(self):
-        return {}
 
 
 class GANAdversarialOnly(DCGAN):

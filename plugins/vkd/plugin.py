@@ -19,6 +19,7 @@ The notebook never defines its VKD loss (the call raises NameError); the definit
 spec's reading of its comment ("matches the generator output and the true label"), and the only
 place a CE term can live in the notebook's total loss.
 """
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -76,16 +77,19 @@ class VKDTeacher(Method):
 
     def __init__(self, config, ctx):
         super().__init__(config, ctx)
+        # G and D have their own optimizers; concurrent: the engine's best-epoch snapshot pairs them
+        # with the teacher of that epoch; posthoc: finish() trains them, so they stay out of it
+        concurrent = config.cgan == "concurrent"
         self.generator = ctx.add_module(EXTRA, ctx.build_model(
             "generators", GENERATOR, nz=config.nz, hidden=config.hidden, depth=config.depth,
-            label_input=config.label_input))
+            label_input=config.label_input), trainable=False, snapshot=concurrent)
         self.discriminator = ctx.add_module("discriminator", KnowledgeDiscriminator(
-            ctx.data.info["num_classes"], config.hidden, config.depth, config.label_input))
+            ctx.data.info["num_classes"], config.hidden, config.depth, config.label_input),
+            trainable=False, snapshot=concurrent)
         adam = dict(optimizer="adam", lr=config.cgan_lr, betas=list(config.cgan_betas), weight_decay=0.0,
                     schedule="none")
         self.g_optimizer = ctx.optimizer(self.generator.parameters(), **adam)
         self.d_optimizer = ctx.optimizer(self.discriminator.parameters(), **adam)
-        self.best_state, self.best_top1 = None, None
 
     def soften(self, logits):
         return F.softmax(logits.detach().float() / self.config.temperature, dim=1)
@@ -117,18 +121,14 @@ class VKDTeacher(Method):
         return out
 
     def finish(self):
-        """Pair G with the teacher the cache keeps. The engine caches the teacher's best-epoch
-        state (chosen on validation), so: concurrent mode restores G and D as they were at the end
-        of that epoch; posthoc mode loads that teacher state and trains the cGAN on it (frozen,
-        eval mode, no gradients: the notebook ran it in train mode and back-propagated into it)."""
+        """Posthoc mode: train the cGAN on the teacher the cache keeps, its best-epoch state (chosen
+        on validation; frozen, eval mode, no gradients: the notebook ran it in train mode and
+        back-propagated into it). Concurrent mode needs nothing: the engine's best-epoch snapshot
+        holds G and D as they were at the end of that epoch."""
         if self.config.cgan == "concurrent":
-            if self.best_state is not None:
-                self.generator.load_state_dict(self.best_state["generator"])
-                self.discriminator.load_state_dict(self.best_state["discriminator"])
             return
-        teacher = self.student
-        if self.best_state is not None:
-            teacher.load_state_dict(self.best_state["teacher"])
+        teacher = copy.deepcopy(self.student)
+        teacher.load_state_dict(self.ctx.best_state()["student"])
         teacher.eval()
         self.generator.train()
         self.discriminator.train()
@@ -142,25 +142,9 @@ class VKDTeacher(Method):
         self.generator.eval()
         self.discriminator.eval()
 
-    def state_dict(self):
-        return {"best_top1": self.best_top1, "best_state": self.best_state}
-
-    def load_state_dict(self, state):
-        self.best_top1, self.best_state = state["best_top1"], state["best_state"]
-
     def evaluate(self, split):
         metrics = self.ctx.accuracy(self.student, split)
-        if split == "val" and (self.best_state is None or metrics["top1"] > self.best_top1):
-            # the engine's rule for the best epoch (top1, max, first of equals), mirrored so that
-            # finish() can pair G with that epoch's teacher
-            self.best_top1 = metrics["top1"]
-            self.best_state = {name: cpu_copy(m) for name, m in
-                               (("teacher", self.student), ("generator", self.generator), ("discriminator", self.discriminator))}
         return metrics | knowledge_stats(self.student, self.generator, self.ctx.data, split, self.config.temperature)
-
-
-def cpu_copy(module):
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
 @torch.no_grad()

@@ -1,0 +1,217 @@
+"""The engine owns the lifecycle: feature hooks removed at teardown (also after a failure),
+ctx.epoch/global_step restored on resume, trainable modules in the default optimizer and reported
+as the method's parameters, the best snapshot of every module."""
+import json
+import sys
+
+import pytest
+import torch
+
+from conftest import THIRD_PARTY_TOML, write_plugin
+
+# A FitNets-style method through the public API only: features of both models, a trainable
+# regressor, a warm-up on ctx.epoch. Failures are injected through the environment, so a rerun of
+# the same cell (same config) resumes from its checkpoint.
+HINT_PLUGIN = '''
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import kdbench
+from kdbench.method import Method
+
+TAPPED = []  # every model this plugin hooked
+TORN_DOWN = []
+
+
+@dataclass
+class HintConfig:
+    weight: float = 1.0
+    warmup: int = 4  # epochs over which the hint weight ramps up
+
+
+class Hint(Method):
+    Config = HintConfig
+
+    def __init__(self, config, ctx):
+        super().__init__(config, ctx)
+        s = ctx.feature_shapes(self.student, ["1"])["1"]
+        t = ctx.feature_shapes(self.teacher, ["3"])["3"]
+        self.regressor = ctx.add_module("regressor", nn.Linear(s.numel(), t.numel()))
+        assert (tuple(s), tuple(t)) == ((16,), (16, 4, 4))
+        self.s_tap = ctx.features(self.student, ["1"])
+        self.t_tap = ctx.features(self.teacher, ["3"])
+        TAPPED.extend([self.student, self.teacher])
+
+    def train_step(self, batch):
+        if self.ctx.global_step == int(os.environ.get("HINT_FAIL_AT_STEP", -1)):
+            raise RuntimeError("planned failure")
+        images, labels = batch
+        logits = self.student(images)
+        with torch.no_grad():
+            self.teacher(images)
+        target = self.t_tap["3"]
+        assert not target.requires_grad and self.s_tap["1"].requires_grad
+        hint = F.mse_loss(self.regressor(self.s_tap["1"]), target.flatten(1))
+        ramp = min(1.0, (self.ctx.epoch + 1) / self.config.warmup)
+        loss = F.cross_entropy(logits, labels) + ramp * self.config.weight * hint
+        self.ctx.step(self.optimizer, loss)
+        return {"hint": hint, "ramp": ramp, "step": float(self.ctx.global_step)}
+
+    def end_epoch(self, epoch):
+        assert epoch == self.ctx.epoch
+        if epoch == int(os.environ.get("HINT_FAIL_AFTER_EPOCH", -1)):
+            raise RuntimeError("planned failure")
+
+    def teardown(self):
+        TORN_DOWN.append(self.config.weight)
+
+
+@kdbench.hookimpl
+def kdbench_register_methods(register):
+    register("hint", Hint, description="hint loss on features with a regressor")
+'''
+
+HINT_TOML = '''
+[experiment]
+name = "hint"
+methods = ["hint"]
+seeds = [0]
+
+[data]
+name = "synthetic"
+val_size = 400
+
+[teacher]
+model = "small-cnn"
+c1 = 8
+c2 = 16
+hidden = 32
+[teacher.train]
+epochs = 2
+optimizer = "adam"
+lr = 0.003
+
+[student]
+model = "mlp"
+hidden = 16
+
+[train]
+epochs = 2
+optimizer = "adam"
+lr = 0.002
+
+[measure]
+throughput_batch = 8
+throughput_repeats = 1
+latency_repeats = 1
+warmup = 1
+
+[axes.weight]
+key = "method.weight"
+'''
+
+
+@pytest.fixture
+def hint_dir(tmp_path):
+    return write_plugin(tmp_path / "hint", HINT_PLUGIN, HINT_TOML)
+
+
+def plugin_module(folder):
+    from kdbench import runner
+
+    registry = runner.registry_for((str(folder.resolve()),), False)
+    return sys.modules[registry.get("methods", "hint").__module__]
+
+
+def records(out):
+    return sorted((json.loads(p.read_text()) for p in out.rglob("record.json")), key=lambda r: r["cell_name"])
+
+
+def test_hooks_are_removed_after_a_grid_and_after_a_failure(hint_dir, cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("HINT_FAIL_AT_STEP", "3")
+    code, _, err = cli("run", str(hint_dir), "--grid", "weight=0.5,1,2", "--seeds", "0")
+    assert code == 1  # failures are recorded, the grid goes on
+    rows = records(tmp_path / "runs")
+    assert [r["status"] for r in rows] == ["failed"] * 3 and "planned failure" in rows[0]["error"]
+    module = plugin_module(hint_dir)
+    assert len(module.TAPPED) == 6 and sorted(module.TORN_DOWN) == [0.5, 1.0, 2.0]
+    monkeypatch.delenv("HINT_FAIL_AT_STEP")
+    code, _, err = cli("run", str(hint_dir), "--grid", "weight=0.5,1,2", "--seeds", "0")
+    assert code == 0, err
+    assert len(module.TAPPED) == 12 and len(module.TORN_DOWN) == 6
+    teachers = module.TAPPED[1::2]
+    assert all(t is teachers[3] for t in teachers[3:])  # one teacher object shared by a run's cells
+    for model in module.TAPPED:
+        assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_trainable_module_is_optimised_and_reported_as_the_methods(hint_dir, cli, tmp_path):
+    code, _, err = cli("run", str(hint_dir), "--grid", "weight=1", "--seeds", "0")
+    assert code == 0, err
+    [row] = records(tmp_path / "runs")
+    # mlp with 16 hidden units on 16x16 images; the regressor maps its 16 features to 16x4x4
+    assert row["student"]["params"] == 256 * 16 + 16 + 16 * 10 + 10
+    assert row["method_params"] == {"regressor": 16 * 256 + 256}
+
+
+def test_default_optimizer_covers_trainable_modules_only(tmp_path):
+    from dataclasses import asdict
+
+    from kdbench.config import DataConfig, TrainConfig
+    from kdbench.data import DataBundle
+    from kdbench.engine import Context, build_method
+    from kdbench.method import Method
+    from kdbench.plugins import load_registry
+
+    registry = load_registry([])
+
+    class TwoHeads(Method):
+        def __init__(self, config, ctx):
+            super().__init__(config, ctx)
+            self.head = ctx.add_module("head", torch.nn.Linear(3, 3))
+            self.other = ctx.add_module("other", torch.nn.Linear(3, 3), trainable=False)
+
+    x = torch.randint(0, 256, (8, 1, 16, 16), dtype=torch.uint8)
+    y = torch.randint(10, (8,))
+    data = DataBundle("fake", {"train": (x, y), "val": (x, y), "test": (x, y)}, 10, (0.5,), (0.25,), DataConfig(), "cpu")
+    student = registry.build_model("students", "mlp", data.info, hidden=4)
+    ctx = Context(student=student, teacher=None, data=data, train=asdict(TrainConfig()), seed=0,
+                  device=torch.device("cpu"), run_dir=tmp_path, registry=registry)
+    method = build_method(TwoHeads, TwoHeads.Config(), ctx)
+    optimised = {id(p) for group in method.optimizer.param_groups for p in group["params"]}
+    assert optimised == {id(p) for p in [*student.parameters(), *method.head.parameters()]}
+    assert ctx.optimizers == [method.optimizer]
+
+
+def test_resumed_run_sees_the_same_epochs_and_steps(hint_dir, cli, tmp_path, monkeypatch):
+    grid = ("--grid", "weight=1", "--seeds", "0", "--set", "train.epochs=4")
+    code, _, err = cli("run", str(hint_dir), *grid)
+    assert code == 0, err
+    [fresh] = records(tmp_path / "runs")
+    history = (tmp_path / "runs" / "hint").rglob("history.jsonl")
+    fresh_history = next(history).read_text()
+    monkeypatch.setenv("HINT_FAIL_AFTER_EPOCH", "2")  # dies after checkpointing epochs 1 and 2
+    code, _, err = cli("run", str(hint_dir), *grid, "--force")
+    assert code == 1
+    monkeypatch.delenv("HINT_FAIL_AFTER_EPOCH")
+    code, _, err = cli("run", str(hint_dir), *grid)
+    assert code == 0 and "resuming" in err and "after epoch 2" in err
+    [resumed] = records(tmp_path / "runs")
+    assert resumed["metrics"] == fresh["metrics"] and resumed["selection"] == fresh["selection"]
+    rows = [json.loads(line) for line in next((tmp_path / "runs" / "hint").rglob("history.jsonl")).read_text().splitlines()]
+    assert [r["train_ramp"] for r in rows] == [0.25, 0.5, 0.75, 1.0]
+    assert next((tmp_path / "runs" / "hint").rglob("history.jsonl")).read_text() == fresh_history
+
+
+def test_unknown_feature_path_lists_the_valid_ones():
+    from kdbench.errors import ConfigError
+    from kdbench.features import FeatureTap
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())
+    with pytest.raises(ConfigError, match=r"unknown module path\(s\) '2' of Sequential; valid: 0, 1"):
+        FeatureTap(model, ["2"])
+    assert not model[0]._forward_hooks
