@@ -32,6 +32,8 @@ def build_parser():
     lst = sub.add_parser("list", help="list registered components and the plugin that supplied each")
     lst.add_argument("kind", nargs="?", help=f"one of {', '.join(KIND_NAMES)} (default: all)")
     lst.add_argument("--plugin", action="append", default=[], dest="plugin_dirs", metavar="DIR", help="also load this plugin folder")
+    lst.add_argument("--layers", metavar="MODEL", help="list MODEL's module paths (for ctx.features) with their output shapes; kind: teachers or students")
+    lst.add_argument("--dataset", default="fashion-mnist", help="the dataset that sizes the model for --layers (default fashion-mnist; e.g. synthetic)")
     add_plugin_options(lst)
 
     board = sub.add_parser("leaderboard", help="tables from run records: mean and std over seeds")
@@ -181,12 +183,41 @@ def cmd_list(args):
             raise ConfigError(did_you_mean(args.kind, KIND_NAMES, "kind"))
         kinds = matches
     registry = load_registry([check_plugin_folder(d) for d in args.plugin_dirs], strict=args.strict_plugins or None)
+    if args.layers:
+        if len(kinds) != 1 or kinds[0] not in ("teachers", "students"):
+            raise ConfigError("--layers lists a classifier's module paths: use `list teachers --layers MODEL` or `list students --layers MODEL`")
+        return list_layers(registry, kinds[0], args.layers, args.dataset)
     for kind in kinds:
         print(f"{kind}:")
         for name in registry.names(kind):
             entry = registry.tables[kind][name]
             note = entry.metadata.get("description", "")
             print(f"  {name:<24} {entry.plugin:<18} {note}".rstrip())
+    return 0
+
+
+def list_layers(registry, kind, name, dataset):
+    """Every module path of ``name`` (as ctx.features takes them) with its output shape, from one
+    forward of two test images of ``dataset``."""
+    import dataclasses
+
+    import torch
+
+    from kdbench import engine
+    from kdbench.config import DataConfig
+    from kdbench.features import output_shapes
+
+    registry.model_factory(kind, name)  # unknown names are one-line errors listing the valid ones
+    registry.get("datasets", dataset)
+    data = engine.load_data(registry, dataclasses.asdict(DataConfig(name=dataset, val_size=0)), torch.device("cpu"))
+    model = registry.build_model(kind, name, data.info)
+    images, _ = next(iter(data.batches("test", 2)))
+    shapes = output_shapes(model, images)
+    modules = dict(model.named_modules())
+    print(f"{name} on {dataset} (input {'x'.join(map(str, images.shape[1:]))}): module path, type, output shape without the batch dim")
+    for path, shape in shapes.items():
+        shown = "x".join(map(str, shape)) if isinstance(shape, torch.Size) else shape or "not run"
+        print(f"  {path:<32} {type(modules[path]).__name__:<20} {shown}")
     return 0
 
 

@@ -2,6 +2,7 @@
 ctx.epoch/global_step restored on resume, trainable modules in the default optimizer and reported
 as the method's parameters, the best snapshot of every module."""
 import json
+import re
 import sys
 
 import pytest
@@ -215,3 +216,11 @@ def test_unknown_feature_path_lists_the_valid_ones():
     with pytest.raises(ConfigError, match=r"unknown module path\(s\) '2' of Sequential; valid: 0, 1"):
         FeatureTap(model, ["2"])
     assert not model[0]._forward_hooks
+
+
+def test_list_layers_shows_module_paths_and_output_shapes(cli):
+    code, out, _ = cli("list", "students", "--layers", "small-cnn", "--dataset", "synthetic")
+    assert code == 0 and "input 1x16x16" in out
+    assert re.search(r"^ +3 +Conv2d +32x4x4$", out, re.M) and re.search(r"^ +10 +Linear +10$", out, re.M)
+    code, _, err = cli("list", "--layers", "small-cnn")
+    assert code == 2 and "list students --layers MODEL" in err
