@@ -1,4 +1,4 @@
-"""The default plugin: built-in datasets, shared architectures and the ``scratch`` baseline,
+"""The default plugin: built-in datasets, shared architectures, the ``scratch`` baseline and ``kd``,
 registered through the same hooks as any third-party plugin."""
 from kdbench import hookimpl
 
@@ -29,6 +29,7 @@ def kdbench_register_students(register):
 
 @hookimpl
 def kdbench_register_methods(register):
-    from kdbench.method import Scratch
+    from kdbench.method import KD, Scratch
 
     register("scratch", Scratch, description="the student on labels alone (cross-entropy)")
+    register("kd", KD, description="Hinton KD: alpha CE + (1 - alpha) T^2 KL(teacher || student); T = 4, alpha = 0.1")

@@ -1,4 +1,5 @@
-"""The method contract: what a distillation method implements, and the built-in ``scratch`` one.
+"""The method contract: what a distillation method implements, and the built-in ``scratch`` and
+``kd`` methods.
 
 A method is small (mdistiller's Distiller is the model): it declares its hyperparameters as a
 dataclass with the source paper's defaults, creates its own extra modules and optimizers, and
@@ -65,6 +66,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from kdbench.config import check_float
+from kdbench.losses import kd_kl_loss
 
 
 @dataclass
@@ -146,3 +150,31 @@ class Scratch(Method):
         loss = F.cross_entropy(self.student(images), labels)
         self.ctx.step(self.optimizer, loss)
         return {"ce": loss}
+
+
+@dataclass
+class KDConfig:
+    temperature: float = 4.0  # mdistiller's CIFAR-100 KD setting: T = 4, CE weight 0.1, KD weight 0.9
+    alpha: float = 0.1  # weight of the label loss; the KL term gets (1 - alpha)
+
+    def __post_init__(self):
+        check_float(vars(self), "method", "temperature", 0, strict=True)
+        check_float(vars(self), "method", "alpha", 0, high=1)
+
+
+class KD(Method):
+    """Knowledge distillation with soft targets (Hinton, Vinyals and Dean, 2015):
+    loss = alpha * CE(s, y) + (1 - alpha) * T^2 * KL(softmax(t / T) || softmax(s / T))."""
+
+    Config = KDConfig
+
+    def train_step(self, batch):
+        images, labels = batch
+        with torch.no_grad():
+            teacher_logits = self.teacher(images)
+        logits = self.student(images)
+        kd = kd_kl_loss(logits, teacher_logits, self.config.temperature)
+        ce = F.cross_entropy(logits, labels)
+        loss = (1.0 - self.config.alpha) * kd + self.config.alpha * ce
+        self.ctx.step(self.optimizer, loss)
+        return {"loss": loss.detach(), "kd": kd.detach(), "ce": ce.detach()}

@@ -3,18 +3,15 @@
     loss = (1 - alpha) * T^2 * KL(softmax(t / T) || softmax(s / T)) + alpha * CE(s, y)
 
 with the seed's alpha = 0.2 (so the KL term carries 0.8 * T^2) and T = 5 (the README's second row:
-T = 20). The KL goes through ``kdbench.losses.kd_kl_loss`` (batchmean, T^2 included). Unlike the
-seed, the teacher runs in eval mode without autograd (``ctx.teacher`` is frozen; ``no_grad`` here).
+T = 20). The loss is the built-in ``kd`` method's (``kdbench.method.KD``), whose KL goes through
+``kdbench.losses.kd_kl_loss`` (batchmean, T^2 included); only the defaults are the source's. Unlike
+the seed, the teacher runs in eval mode without autograd (``ctx.teacher`` is frozen, under ``no_grad``).
 """
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
-
 import kdbench
 from kdbench.config import check_float
-from kdbench.losses import kd_kl_loss
-from kdbench.method import Method
+from kdbench.method import KD
 
 from .models import hinton_cnn, vgg19_bn_torchvision
 
@@ -29,21 +26,11 @@ class HintonConfig:
         check_float(vars(self), "method", "alpha", 0, high=1)
 
 
-class HintonKD(Method):
-    """Knowledge distillation with soft targets (Hinton, Vinyals and Dean, 2015)."""
+class HintonKD(KD):
+    """Knowledge distillation with soft targets (Hinton, Vinyals and Dean, 2015): the built-in
+    ``kd`` loss with the source's defaults."""
 
     Config = HintonConfig
-
-    def train_step(self, batch):
-        images, labels = batch
-        with torch.no_grad():
-            teacher_logits = self.teacher(images)
-        logits = self.student(images)
-        kd = kd_kl_loss(logits, teacher_logits, self.config.temperature)
-        ce = F.cross_entropy(logits, labels)
-        loss = (1.0 - self.config.alpha) * kd + self.config.alpha * ce
-        self.ctx.step(self.optimizer, loss)
-        return {"loss": loss.detach(), "kd": kd.detach(), "ce": ce.detach()}
 
 
 @kdbench.hookimpl
