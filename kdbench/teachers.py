@@ -156,13 +156,13 @@ class TeacherCache:
     def restore(self, spec, modules, digest, path, run_dir):
         """Rebuild the teacher (and its method's extra modules), load the weights, measure it."""
         method, ctx = self.prepare(spec, run_dir)
-        ctx.student.load_state_dict(modules["model"])
-        for name, module in ctx.modules.items():
-            if name != "student":
-                module.load_state_dict(modules[name])
-        engine.set_train_mode(ctx, False)
-        ctx.phase = "test-best"
         try:
+            ctx.student.load_state_dict(modules["model"])
+            for name, module in ctx.modules.items():
+                if name != "student":
+                    module.load_state_dict(modules[name])
+            engine.set_train_mode(ctx, False)
+            ctx.phase = "test-best"
             metrics = method.evaluate("test")
         finally:
             engine.teardown(method, ctx)
