@@ -105,7 +105,7 @@ def test_duplicate_names_name_both_plugins(tmp_path):
 
 def test_unknown_names_suggest_close_ones():
     registry = load_registry([])
-    with pytest.raises(ConfigError, match=r"unknown method 'scrach' \(did you mean 'scratch'\?\); valid: scratch"):
+    with pytest.raises(ConfigError, match=r"unknown method 'scrach' \(did you mean 'scratch'\?\); valid: kd, scratch"):
         registry.get("methods", "scrach")
     with pytest.raises(ConfigError, match=r"unknown dataset 'fashion-mnst' \(did you mean 'fashion-mnist'"):
         registry.get("datasets", "fashion-mnst")
