@@ -27,6 +27,7 @@ def build_parser():
     run.add_argument("--cache", default="", help="teacher cache folder (default $KDBENCH_CACHE or ~/.cache/kdbench)")
     run.add_argument("--teacher", default="", metavar="PATH|URL#sha256=HEX", help="use this teacher checkpoint instead of the cache, or download it (verified against its SHA-256)")
     run.add_argument("--force", action="store_true", help="redo finished runs")
+    run.add_argument("--keep-stale", action="store_true", help="keep finished runs whose code or teacher changed (marked stale) instead of rerunning them")
     add_plugin_options(run)
 
     lst = sub.add_parser("list", help="list registered components and the plugin that supplied each")
@@ -147,7 +148,7 @@ def cmd_run(args):
         runner.download_teachers(cells, args.cache)
     print(f"kdbench: {cells[0].experiment} ({profile or 'no'} profile): {len(cells)} cell(s) x {len(seeds)} seed(s) -> {args.out}")
     options = runner.RunOptions(out=args.out, cache=args.cache, device=args.device, force=args.force,
-                                teacher_path=teacher_path, strict_plugins=args.strict_plugins)
+                                teacher_path=teacher_path, strict_plugins=args.strict_plugins, keep_stale=args.keep_stale)
     records, all_ok = runner.run_grid(cells, seeds, options)
     table = leaderboard.render(records, "md")
     print("\n" + table)

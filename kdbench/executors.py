@@ -1,8 +1,9 @@
-"""Executors run jobs and hand their records back to the driver.
+"""Executors run jobs and hand their results back to the driver.
 
-An executor has one method, ``map(fn, jobs)``, yielding ``(job, fn(job))`` as jobs finish.
-Jobs and records are plain picklable data, so a cluster executor (Ray, SLURM) only has to
-ship them; the job writes its record under its run folder's lock (a shared file system).
+An executor has two methods: ``map(fn, jobs)`` yields ``(job, fn(job))`` as jobs finish, and
+``placement(options)`` says where each job will run: (device type, intra-op CPU threads per job),
+part of a run's identity. Jobs and records are plain picklable data, so a cluster executor only
+has to ship them; a job writes its record under its run folder's lock (a shared file system).
 """
 
 
@@ -12,3 +13,10 @@ class LocalExecutor:
     def map(self, fn, jobs):
         for job in jobs:
             yield job, fn(job)
+
+    def placement(self, options):
+        import torch
+
+        from kdbench.engine import resolve_device
+
+        return resolve_device(options.device).type, torch.get_num_threads()

@@ -3,9 +3,16 @@
 Three ways in, in this order: the built-in default plugin (datasets, architectures and the
 ``scratch`` baseline), installed distributions that declare the ``kdbench`` entry-point group,
 and plugin folders named on the command line (a folder holding ``plugin.py``).
+
+Each plugin gets a fingerprint of its code when it is loaded (``Registry.plugins``), so that a run
+record can say which code produced it and ``run`` can tell when that code changed:
+a folder plugin: sha256 over its ``*.py`` files (relative paths and bytes, tests and __pycache__
+left out); an installed distribution: its name, version and a hash of its files; the built-ins:
+kdbench's version.
 """
 import hashlib
 import importlib
+import json
 import os
 import sys
 import types
@@ -19,6 +26,7 @@ from kdbench.errors import PluginError
 from kdbench.registry import KINDS, Registry
 
 ENTRY_POINT_GROUP = "kdbench"
+BUILTIN = "kdbench.builtin"
 PATH_PACKAGE = "kdbench_plugins"  # path plugins are imported as kdbench_plugins.<folder name>
 
 
@@ -51,26 +59,32 @@ def load_registry(plugin_dirs=(), strict=None, warn=None):
             raise PluginError(f"two plugin folders are named {folder.name!r} ({folders[folder.name]} and {folder}); "
                               "a plugin is named after its folder, so rename one")
 
+    import kdbench
     from kdbench import builtin
 
-    pm.register(builtin, name="kdbench.builtin")
+    registry = Registry()
+    pm.register(builtin, name=BUILTIN)
+    registry.plugins[BUILTIN] = plugin_info(BUILTIN, kdbench.__version__, "builtin", version_fingerprint("kdbench", kdbench.__version__))
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in folders:
             warn(f"plugin folder {folders[ep.name]} replaces the installed plugin {ep.name!r} ({ep.value}) of the same name")
             continue
         try:
-            pm.register(ep.load(), name=ep.name)
+            module = ep.load()
+            pm.register(module, name=ep.name)
+            registry.plugins[ep.name] = distribution_info(ep, module)
         except Exception as exc:  # a broken third-party plugin must not take kdbench down
             skip(ep.name, exc)
     for name, folder in folders.items():
         try:
-            pm.register(import_plugin_folder(folder), name=name)
+            module = import_plugin_folder(folder)
+            pm.register(module, name=name)
+            registry.plugins[name] = plugin_info(name, getattr(module, "__version__", None), str(Path(folder).resolve()), folder_fingerprint(folder))
         except PluginError:
             raise
         except Exception as exc:
             skip(name, exc)
 
-    registry = Registry()
     for kind in KINDS:
         caller = getattr(pm.hook, f"kdbench_register_{kind}")
         for impl in caller.get_hookimpls():  # in registration order: built-ins first
@@ -107,3 +121,48 @@ def import_plugin_folder(folder):
     except BaseException:
         sys.modules.pop(package_name, None)
         raise
+
+
+def plugin_info(name, version, source, fingerprint):
+    return {"name": name, "version": None if version is None else str(version), "fingerprint": fingerprint, "source": source}
+
+
+def version_fingerprint(name, version):
+    return hashlib.sha256(f"{name}=={version}".encode()).hexdigest()
+
+
+def folder_fingerprint(folder):
+    """sha256 over a plugin folder's Python sources: sorted relative paths and their bytes
+    (tests, test_*.py and __pycache__ left out: they do not change what a run computes)."""
+    folder = Path(folder).resolve()
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*.py"), key=lambda p: p.relative_to(folder).as_posix()):
+        rel = path.relative_to(folder)
+        if any(part in ("__pycache__", "tests", "test") for part in rel.parts[:-1]) or rel.name.startswith("test_"):
+            continue
+        digest.update(rel.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def distribution_info(ep, module):
+    """Name, version and a hash of an installed distribution's files (importlib.metadata); an
+    editable install also hashes the source folder its plugin module is imported from."""
+    dist = ep.dist
+    if dist is None:  # an entry point without a distribution (rare): its module's folder
+        folder = Path(module.__file__).parent
+        return plugin_info(ep.name, getattr(module, "__version__", None), str(folder), folder_fingerprint(folder))
+    digest = hashlib.sha256(f"{dist.metadata['Name']}=={dist.version}".encode())
+    for file in sorted(dist.files or [], key=str):
+        path = Path(file.locate())
+        if "__pycache__" not in file.parts and path.is_file():
+            digest.update(str(file).encode() + b"\0" + path.read_bytes() + b"\0")
+    if is_editable(dist) and getattr(module, "__file__", None):
+        digest.update(folder_fingerprint(Path(module.__file__).parent).encode())
+    return plugin_info(ep.name, dist.version, f"{dist.metadata['Name']} {dist.version}", digest.hexdigest())
+
+
+def is_editable(dist):
+    try:
+        return bool(json.loads(dist.read_text("direct_url.json") or "{}").get("dir_info", {}).get("editable"))
+    except ValueError:
+        return False

@@ -20,6 +20,8 @@ class Entry:
 class Registry:
     def __init__(self):
         self.tables = {kind: {} for kind in KINDS}
+        # plugin name -> {name, version, fingerprint, source}: the code behind each component
+        self.plugins = {}
 
     def register_callback(self, kind, plugin):
         """The ``register(name, obj, **metadata)`` function handed to ``plugin``'s hook."""
@@ -47,6 +49,16 @@ class Registry:
             return self.tables[kind][name].obj
         except KeyError:
             raise ConfigError(did_you_mean(name, self.tables[kind], kind[:-1])) from None
+
+    def plugin_of(self, kind, name):
+        return self.tables[kind][name].plugin
+
+    def model_plugin(self, role, name):
+        """The plugin that supplies teacher/student model ``name`` (generators serve both roles)."""
+        for kind in (role, "generators"):
+            if name in self.tables[kind]:
+                return self.tables[kind][name].plugin
+        return None
 
     def model_factory(self, role, name):
         """The factory for a teacher/student ``name``; generators serve both roles (GAN distillation)."""

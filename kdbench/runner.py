@@ -3,6 +3,7 @@
 The driver skips finished records, hands the rest to the executor, and writes each record
 the executor returns; a failed job is recorded with its error and the grid goes on.
 """
+import collections
 import dataclasses
 import functools
 import json
@@ -25,40 +26,43 @@ class RunOptions:
     force: bool = False
     teacher_path: str = ""
     strict_plugins: bool = False
+    keep_stale: bool = False  # reuse finished records whose identity changed, marked "stale"
 
 
 @dataclasses.dataclass
 class Job:
-    """One (cell, seed): plain and picklable, so any executor can ship it."""
+    """One (cell, seed): plain and picklable, so any executor can ship it. ``identity`` is what the
+    driver expects the run to use (see ``identity``); the record states what it really used."""
 
     cell: object
     seed: int
     options: RunOptions
+    identity: dict = None
 
     @property
     def folder(self):
         return store.run_dir(self.options.out, self.cell, self.seed)
 
 
+@dataclasses.dataclass
+class TeacherJob:
+    """Train or verify one teacher before the grid fans out (see ``teacher_checksum``)."""
+
+    spec: dict
+    plugin_dirs: tuple
+    options: RunOptions
+
+
 def run_grid(cells, seeds, options, executor=None, log=print):
-    """Run every (cell, seed) not already finished. Returns (records, all_ok).
+    """Run every (cell, seed) without a finished record of the same identity (see ``plan``).
+    Returns (records, all_ok).
 
     A run whose folder another process has locked (it is running it) is skipped; once the rest
     are done, it is waited for, and reused if that process finished it, or run here if not."""
     from kdbench.executors import LocalExecutor
 
     executor = executor or LocalExecutor()
-    jobs, records = [], []
-    for cell in cells:
-        for seed in seeds:
-            job = Job(cell, seed, options)
-            record = finished_record(job, log)
-            if not options.force and record is not None:
-                records.append(record)
-            else:
-                jobs.append(job)
-    if records:
-        log(f"kdbench: {len(records)} finished run(s) reused from {options.out} (--force redoes them)")
+    jobs, records = plan(cells, seeds, options, executor, log)
     all_ok, count, pending = True, 0, jobs
     while pending:
         busy = []
@@ -89,7 +93,8 @@ def run_grid(cells, seeds, options, executor=None, log=print):
 
 
 def finished_record(job, log=print):
-    """The job's finished ("ok") record, else None; an unreadable one is never trusted."""
+    """The job's finished ("ok") record of the same identity, else None; an unreadable one is
+    never trusted."""
     try:
         record = store.load_record(job.folder)
     except store.UnreadableRecord as exc:
@@ -97,7 +102,155 @@ def finished_record(job, log=print):
         return None
     if record is None or record["status"] != "ok":
         return None
+    if job.identity is not None and stale_reason(record.get("identity"), job.identity):
+        return None  # not this run any more: it is done again
     return record | {"baseline": job.cell.baseline}  # as the file says now
+
+
+def plan(cells, seeds, options, executor, log):
+    """(jobs to run, finished records reused). A finished record is reused while its identity
+    matches the run's; a stale one is rerun, or with --keep-stale kept and marked "stale"."""
+    teachers, failed_teachers = resolve_teachers(cells, options, executor, log)
+    jobs, records, reasons, stale, kept = [], [], collections.Counter(), 0, 0
+    for cell in cells:
+        registry = registry_for(tuple(cell.plugin_dirs), options.strict_plugins)
+        for seed in seeds:
+            expected = identity(cell, seed, registry, teachers.get(cell.id), *executor.placement(options))
+            job = Job(cell, seed, options, expected)
+            try:
+                record = None if options.force else store.load_record(job.folder)
+            except store.UnreadableRecord as exc:
+                log(f"kdbench: record {exc}; running it again")
+                record = None
+            if record is None or record["status"] != "ok":
+                jobs.append(job)
+                continue
+            reason = stale_reason(record.get("identity"), expected)
+            if cell.id in failed_teachers:  # its teacher cannot be had now: keep the record as it is
+                reason = record.get("stale")
+            elif reason and not options.keep_stale:
+                reasons.update(reason.split("; "))
+                stale += 1
+                jobs.append(job)
+                continue
+            if record.get("stale") != reason:  # marked when kept stale, cleared when it matches again
+                record = {k: v for k, v in record.items() if k != "stale"} | ({"stale": reason} if reason else {})
+                store.write_record(job.folder, record)
+            kept += bool(reason)
+            records.append(record | {"baseline": cell.baseline})  # as the file says now
+    if records:
+        log(f"kdbench: {len(records)} finished run(s) reused from {options.out} (--force redoes them)"
+            + (f"; {kept} of them stale, kept by --keep-stale and marked" if kept else ""))
+    if stale:
+        why = ", ".join(f"{reason} ({n})" for reason, n in reasons.most_common())
+        log(f"kdbench: {stale} stale run(s) rerun: {why} (--keep-stale keeps them)")
+    return jobs, records
+
+
+# ---------------------------------------------------------------------------------------------
+# Run identity: a record is reused only while everything that determines its result is unchanged.
+
+
+def identity(cell, seed, registry, teacher_sha256, device_type, threads):
+    """What determines a run's result: its config and seed, the checkpoint of the teacher it uses
+    (sha256; None without one), the fingerprints of the plugins that supply its components, and
+    where it runs: the device type and, on CPU, the intra-op thread count (float sums depend on it;
+    ``threads`` is the executor's count per cell, used when the cell leaves train.threads at 0)."""
+    from kdbench.experiment import config_hash
+
+    threads = cell.config["train"]["threads"] or threads
+    return {
+        "config": config_hash(cell.config), "seed": seed, "teacher": teacher_sha256,
+        "plugins": {name: info["fingerprint"] for name, info in cell_plugins(cell, registry).items()},
+        "device": device_type, "threads": threads if device_type == "cpu" else None,
+    }
+
+
+def cell_plugins(cell, registry):
+    """The plugins whose code a cell runs: the built-ins (the engine) and those that supply its
+    method, student model, dataset and (for methods that use one) teacher model. Models a method
+    builds for itself (its generators) come from its own plugin in practice, so its fingerprint
+    covers them."""
+    from kdbench.plugins import BUILTIN
+
+    config = cell.config
+    names = {BUILTIN, registry.plugin_of("methods", cell.method), registry.plugin_of("datasets", config["data"]["name"]),
+             registry.model_plugin("students", config["student"]["model"])}
+    if registry.get("methods", cell.method).needs_teacher:
+        names.add(registry.model_plugin("teachers", config["teacher"]["model"]))
+    return {name: registry.plugins[name] for name in sorted(names) if name in registry.plugins}
+
+
+def stale_reason(recorded, expected):
+    """Why a finished record no longer stands for this run ("; "-joined), or None."""
+    if not recorded:
+        return "recorded before kdbench tracked run identity"
+    from kdbench.plugins import BUILTIN
+
+    reasons = []
+    if (recorded.get("config"), recorded.get("seed")) != (expected["config"], expected["seed"]):
+        reasons.append("config changed")
+    if recorded.get("teacher") != expected["teacher"]:
+        reasons.append("teacher changed")
+    if (recorded.get("device"), recorded.get("threads")) != (expected["device"], expected["threads"]):
+        reasons.append("device or thread count changed")
+    old, new = recorded.get("plugins", {}), expected["plugins"]
+    for name in sorted(set(old) | set(new)):
+        if old.get(name) == new.get(name):
+            continue
+        if name == BUILTIN:
+            reasons.append("kdbench version changed")
+        elif name not in old:
+            reasons.append(f"plugin {name!r} now supplies a component")
+        elif name not in new:
+            reasons.append(f"plugin {name!r} no longer supplies a component")
+        else:
+            reasons.append(f"plugin {name!r} code changed")
+    return "; ".join(reasons) or None
+
+
+def resolve_teachers(cells, options, executor, log):
+    """({cell id: sha256 of its teacher's checkpoint}, {ids of cells whose teacher failed}) for the
+    cells whose method uses a teacher. Every distinct teacher is trained into the cache if missing,
+    or verified, before any cell runs: reuse needs its hash, and workers then only load it."""
+    users = {}  # teacher spec as JSON -> ids of the cells that use it
+    jobs = []
+    for cell in cells:
+        registry = registry_for(tuple(cell.plugin_dirs), options.strict_plugins)
+        if not registry.get("methods", cell.method).needs_teacher:
+            continue
+        spec = cell.config["teacher"] | ({"path": options.teacher_path} if options.teacher_path else {})
+        key = json.dumps(spec, sort_keys=True, default=str)
+        if key not in users:
+            users[key] = []
+            jobs.append(TeacherJob(spec, tuple(cell.plugin_dirs), options))
+        users[key].append(cell.id)
+    hashes, failed = {}, set()
+    for job, result in executor.map(teacher_checksum, jobs):
+        ids = users[json.dumps(job.spec, sort_keys=True, default=str)]
+        if "sha256" in result:
+            hashes.update(dict.fromkeys(ids, result["sha256"]))
+        elif options.teacher_path:  # the user's file: bad input stops the grid before training
+            raise KDBenchError(result["error"])
+        else:  # its cells fail with this error when they run; the rest of the grid goes on
+            log(f"kdbench: {result['error']}")
+            failed.update(ids)
+    return hashes, failed
+
+
+def teacher_checksum(job):
+    """The sha256 of a teacher, trained into the cache first if it is missing ({"error": ...} if that fails)."""
+    from kdbench import engine
+
+    try:
+        registry = registry_for(job.plugin_dirs, job.options.strict_plugins)
+        cache = teacher_cache(job.options.cache, registry, engine.resolve_device(job.options.device))
+        return {"sha256": cache.checksum(job.spec)}
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        why = str(exc) if isinstance(exc, KDBenchError) else f"{type(exc).__name__}: {exc}"
+        return {"error": f"teacher {job.spec['model']}: {why}"}
 
 
 def headline(record):
@@ -151,8 +304,13 @@ def train_job(job):
     base = {
         "experiment": job.cell.experiment, "cell_id": job.cell.id, "cell_name": job.cell.name,
         "labels": job.cell.labels, "method": job.cell.method, "baseline": job.cell.baseline, "seed": job.seed, "config": job.cell.config,
-        "run_dir": str(folder), "provenance": provenance(job.options),
+        "run_dir": str(folder), "identity": job.identity, "provenance": provenance(job.options),
     }
+    previous = store.read_json(folder / store.CONFIG)
+    if job.identity and previous and previous.get("identity") != job.identity:
+        from kdbench.engine import CHECKPOINT
+
+        (folder / CHECKPOINT).unlink(missing_ok=True)  # its epochs came from other code or another teacher
     store.write_json(folder / store.CONFIG, base)
     try:
         result = train_and_measure(job)
@@ -165,8 +323,9 @@ def train_job(job):
         result, status = {}, {"status": "failed", "error": f"{type(exc).__name__}: {one_line}"}
         if not isinstance(exc, KDBenchError):
             status["error"] += f" (traceback in {folder / 'error.txt'})"
-    base["provenance"]["wall_time_s"] = time.time() - started
-    return base | result | status
+    record = base | result | status
+    record["provenance"] = base["provenance"] | result.get("provenance", {}) | {"wall_time_s": time.time() - started}
+    return record
 
 
 def train_and_measure(job):
@@ -208,7 +367,11 @@ def train_and_measure(job):
             teacher.info[key] = measure.speed(teacher.model, method.example_input, device, config["train"]["amp"], config["measure"])
         teacher_info = teacher_info | {"speed": teacher.info[key]}
         teacher_info = {k: v for k, v in teacher_info.items() if not isinstance(k, tuple)}
+    threads = result["threads"] if device.type == "cpu" else None
+    used = identity(cell, job.seed, registry, teacher.info["sha256"] if teacher else None, device.type, threads)
     return {
+        "identity": used,  # what this run really used (the driver's expectation is in config.json)
+        "provenance": {"plugins": cell_plugins(cell, registry)},  # merged into run_job's
         "metrics": result["metrics"],
         "selection": result["selection"],
         "directions": result["directions"],
@@ -223,7 +386,7 @@ def train_and_measure(job):
         "steps_per_epoch": result["steps_per_epoch"],
         "precision": "bfloat16" if config["train"]["amp"] and device.type == "cuda" else "float32",
         "device": str(device),
-        "train_threads": result["threads"] if device.type == "cpu" else None,
+        "train_threads": threads,
     }
 
 

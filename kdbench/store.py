@@ -106,6 +106,15 @@ def load_record(folder):
     return record
 
 
+def read_json(path):
+    """The JSON object in ``path``, or None when there is none or it is unreadable."""
+    try:
+        payload = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
 def read_record(folder):
     """The record in ``folder``, or None when there is none or it is unreadable."""
     try:

@@ -69,6 +69,20 @@ class TeacherCache:
                     self.loaded[key] = self.load_cached(spec, folder) or self.train(spec, folder)
             return self.loaded[key]
 
+    def checksum(self, spec):
+        """The sha256 of the checkpoint of teacher ``spec``: a cached one whose file matches its
+        meta.json, else trained (or retrained) into the cache now; a ``path`` is loaded and checked."""
+        if not spec.get("path"):
+            folder = self.root / teacher_key(spec)
+            with file_lock(folder.with_suffix(".lock")):
+                try:
+                    digest = json.loads((folder / META).read_text())["sha256"]
+                    if sha256_file(folder / WEIGHTS) == digest:
+                        return digest
+                except (OSError, ValueError, KeyError, TypeError):
+                    pass  # missing or damaged: get() below reports it and trains it
+        return self.get(spec).info["sha256"]
+
     def get_partial(self, data_cfg):
         """``ctx.load_teacher``: a teacher from a partial spec, on the run's data by default."""
         return lambda partial: self.get(resolve_teacher(self.registry, partial, data_cfg))
@@ -167,7 +181,7 @@ class TeacherCache:
         finally:
             engine.teardown(method, ctx)
         info = {
-            "hash": digest[:16], "path": path, "model": spec["model"], "params": count_params(ctx.student),
+            "hash": digest[:16], "sha256": digest, "path": path, "model": spec["model"], "params": count_params(ctx.student),
             "metrics": metrics, "method": spec["method"],
         }
         return engine.Teacher(ctx.student, {n: m for n, m in ctx.modules.items() if n != "student"}, info)

@@ -65,7 +65,7 @@ def test_bring_your_own_teacher(plugin_dir, cli, tmp_path):
     assert all(r["teacher"]["metrics"]["top1"] < 40 for r in rows)  # an untrained teacher, measured as such
 
 
-def test_bad_external_teachers_fail_their_cells_with_one_line(plugin_dir, cli, tmp_path):
+def test_bad_external_teachers_stop_the_grid_with_one_line(plugin_dir, cli, tmp_path):
     wrong = tmp_path / "wrong.pt"
     torch.save(MODELS["mlp"](num_classes=10, in_channels=1, image_size=16).state_dict(), wrong)
     garbage = tmp_path / "garbage.pt"
@@ -74,8 +74,10 @@ def test_bad_external_teachers_fail_their_cells_with_one_line(plugin_dir, cli, t
     torch.save({"model": Evil()}, evil)
     for path, message in [(wrong, "does not fit teacher model 'small-cnn'"), (garbage, "is not a readable torch checkpoint"),
                           (evil, "is not a readable torch checkpoint"), (tmp_path / "absent.pt", "no such file")]:
-        code, out, _ = cli("run", str(plugin_dir), *GRID, "--teacher", str(path), "--force")
-        assert code == 1 and message in out and "FAILED: CheckpointError" in out
+        code, out, err = cli("run", str(plugin_dir), *GRID, "--teacher", str(path), "--force")
+        # the driver checks the file before any cell trains (run identity needs its hash)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+        assert not list((tmp_path / "runs").rglob("record.json"))
 
 
 def test_getting_a_teacher_leaves_the_random_streams_alone(plugin_dir, tmp_path):
