@@ -74,7 +74,7 @@ class TeacherCache:
         meta.json, else trained (or retrained) into the cache now; a ``path`` is loaded and checked."""
         if not spec.get("path"):
             folder = self.root / teacher_key(spec)
-            with file_lock(folder.with_suffix(".lock")):
+            with store.file_lock(folder.with_suffix(".lock")):
                 try:
                     digest = json.loads((folder / META).read_text())["sha256"]
                     if sha256_file(folder / WEIGHTS) == digest:
