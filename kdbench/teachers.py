@@ -71,8 +71,9 @@ class TeacherCache:
 
     def checksum(self, spec):
         """The sha256 of the checkpoint of teacher ``spec``: a cached one whose file matches its
-        meta.json, else trained (or retrained) into the cache now; a ``path`` is loaded and checked."""
-        if not spec.get("path"):
+        meta.json, else trained (or retrained) into the cache now; a ``path`` or ``url`` is loaded
+        and checked."""
+        if not spec.get("path") and not spec.get("url"):
             folder = self.root / teacher_key(spec)
             with store.file_lock(folder.with_suffix(".lock")):
                 try:
