@@ -224,3 +224,22 @@ def test_list_layers_shows_module_paths_and_output_shapes(cli):
     assert re.search(r"^ +3 +Conv2d +32x4x4$", out, re.M) and re.search(r"^ +10 +Linear +10$", out, re.M)
     code, _, err = cli("list", "--layers", "small-cnn")
     assert code == 2 and "list students --layers MODEL" in err
+
+
+def test_readme_feature_example_runs(tmp_path, cli):
+    from conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    code = readme.split("```python\n# hintplugin/plugin.py\n", 1)[1].split("```", 1)[0]
+    assert len(code.strip().splitlines()) < 100
+    toml = HINT_TOML.replace('methods = ["hint"]', 'methods = ["scratch", "kd", "hint"]').replace(
+        'model = "mlp"\nhidden = 16', 'model = "small-cnn"\nc1 = 8\nc2 = 16\nhidden = 32').replace(
+        "c1 = 8\nc2 = 16\nhidden = 32\n[teacher.train]", "[teacher.train]")
+    folder = write_plugin(tmp_path / "hintplugin", code, toml)
+    code, _, err = cli("run", str(folder), "--seeds", "0")
+    assert code == 0, err
+    rows = {r["method"]: r for r in records(tmp_path / "runs")}
+    assert set(rows) == {"scratch", "kd", "hint"} and all(r["status"] == "ok" for r in rows.values())
+    # small-cnn's layer 3 has 16 channels in the student and 32 in the teacher: a 1x1 conv 16 -> 32
+    assert rows["hint"]["method_params"] == {"regressor": 16 * 32 + 32} and rows["kd"]["method_params"] == {}
+    assert rows["hint"]["student"]["params"] == rows["scratch"]["student"]["params"]
