@@ -33,3 +33,10 @@ def kdbench_register_methods(register):
 
     register("scratch", Scratch, description="the student on labels alone (cross-entropy)")
     register("kd", KD, description="Hinton KD: alpha CE + (1 - alpha) T^2 KL(teacher || student); T = 4, alpha = 0.1")
+
+
+@hookimpl
+def kdbench_register_loggers(register):
+    from kdbench.loggers import TensorBoardLogger
+
+    register("tensorboard", TensorBoardLogger, description="scalars per epoch and the final metrics, in run_dir/tensorboard (needs tensorboard)")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from kdbench.errors import ConfigError, KDBenchError
 
-KIND_NAMES = ("datasets", "teachers", "students", "generators", "methods")
+KIND_NAMES = ("datasets", "teachers", "students", "generators", "methods", "loggers")
 
 
 def build_parser():
@@ -28,6 +28,7 @@ def build_parser():
     run.add_argument("--teacher", default="", metavar="PATH|URL#sha256=HEX", help="use this teacher checkpoint instead of the cache, or download it (verified against its SHA-256)")
     run.add_argument("--force", action="store_true", help="redo finished runs")
     run.add_argument("--keep-stale", action="store_true", help="keep finished runs whose code or teacher changed (marked stale) instead of rerunning them")
+    run.add_argument("--log", action="append", default=[], dest="loggers", metavar="LOGGER", help="also log every run to this tracker: tensorboard, or one a plugin registers (repeatable; see list loggers)")
     add_plugin_options(run)
 
     lst = sub.add_parser("list", help="list registered components and the plugin that supplied each")
@@ -124,7 +125,7 @@ def check_writable_file(path, flag):
 
 
 def cmd_run(args):
-    from kdbench import engine, experiment, leaderboard, runner, store
+    from kdbench import engine, experiment, leaderboard, loggers, runner, store
 
     folder = check_plugin_folder(args.plugin).resolve()
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
@@ -144,11 +145,14 @@ def cmd_run(args):
     cells, seeds, profile = experiment.expand(folder, registry, grid=args.grid, sets=sets, profile=args.profile, seeds=seeds, plugin_dirs=[folder])
     engine.resolve_device(args.device)
     engine.check_data(registry, cells)
+    logger_names = tuple(dict.fromkeys(name for arg in args.loggers for name in arg.split(",") if name))
+    loggers.check(logger_names, registry)
     if not teacher_path:  # a wrong hash or an unreachable server stops here, before any training
         runner.download_teachers(cells, args.cache)
     print(f"kdbench: {cells[0].experiment} ({profile or 'no'} profile): {len(cells)} cell(s) x {len(seeds)} seed(s) -> {args.out}")
     options = runner.RunOptions(out=args.out, cache=args.cache, device=args.device, force=args.force,
-                                teacher_path=teacher_path, strict_plugins=args.strict_plugins, keep_stale=args.keep_stale)
+                                teacher_path=teacher_path, strict_plugins=args.strict_plugins, keep_stale=args.keep_stale,
+                                loggers=logger_names)
     records, all_ok = runner.run_grid(cells, seeds, options)
     table = leaderboard.render(records, "md")
     print("\n" + table)

@@ -309,19 +309,20 @@ def cpu_threads(n, device):
         torch.set_num_threads(before)
 
 
-def train(method, ctx, desc="train"):
+def train(method, ctx, desc="train", on_epoch=None):
     """Train ``method`` and return a result dict: last and best test metrics, the best epoch
     (chosen on validation, never on test), training time. Resumes from ``ctx.run_dir`` if a
-    checkpoint is there."""
+    checkpoint is there. ``on_epoch(row)``, if given, gets each history row as it is written
+    (the runner's loggers)."""
     try:
         with cpu_threads(ctx.train["threads"], ctx.device):
-            result = train_loop(method, ctx, desc)
+            result = train_loop(method, ctx, desc, on_epoch)
     finally:
         teardown(method, ctx)
     return result | {"threads": torch.get_num_threads() if ctx.train["threads"] <= 0 else ctx.train["threads"]}
 
 
-def train_loop(method, ctx, desc):
+def train_loop(method, ctx, desc, on_epoch=None):
     cfg = ctx.train
     metric, direction = method.selection
     steps = cfg["steps_per_epoch"] or math.ceil(ctx.data.info["train_size"] / cfg["batch_size"])
@@ -373,6 +374,8 @@ def train_loop(method, ctx, desc):
         state["elapsed"] = time.perf_counter() - start
         with open(ctx.run_dir / HISTORY, "a") as log:
             log.write(json.dumps(row) + "\n")
+        if on_epoch is not None:
+            on_epoch(row)
         if (epoch + 1) % cfg["checkpoint_every"] == 0 and not last_epoch:
             save_checkpoint(checkpoint_path, ctx, method, shuffle, state)
     bar.close()

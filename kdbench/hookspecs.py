@@ -65,3 +65,24 @@ def kdbench_register_methods(register):
     ``method_class`` subclasses ``kdbench.method.Method``: a ``Config`` dataclass with the source
     paper's defaults, and ``train_step``; see that class for the whole contract.
     """
+
+
+@hookspec
+def kdbench_register_loggers(register):
+    """Register experiment trackers: ``register(name, factory)``; ``run --log NAME`` turns one on.
+
+    ``factory(run_dir) -> logger`` is called once per (cell, seed) run, in the process that trains
+    it; ``run_dir`` is the run's folder (its record, config and history live there, and a logger
+    may write its own files beside them). The logger's methods are all optional:
+
+    - ``start(config)``: before training, the run's ``config.json`` content (experiment, cell,
+      method, seed, the full config, provenance).
+    - ``log_epoch(row)``: after each epoch, the ``history.jsonl`` row just written: ``epoch``
+      (1-based), ``train_<loss>`` means and ``val_<metric>`` when validation ran.
+    - ``finish(record)``: the run's final record (``status`` "ok" with metrics, or "failed" with
+      its error); close files here. An error here is reported and does not touch the record.
+
+    A factory may define ``check()``, called once before any training, that raises
+    ``kdbench.errors.ConfigError`` when the logger cannot work (a missing package, a missing key).
+    The built-in ``tensorboard`` logger is one; W&B, trackio or MLflow are plugins like any other.
+    """

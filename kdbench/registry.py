@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 from kdbench.errors import ConfigError, PluginError, did_you_mean
 
-KINDS = ("datasets", "teachers", "students", "generators", "methods")
+KINDS = ("datasets", "teachers", "students", "generators", "methods", "loggers")
 # Arguments the core fills in from the dataset for the model factories that declare them.
 DATA_ARGS = ("num_classes", "in_channels", "image_size")
 

@@ -27,6 +27,7 @@ class RunOptions:
     teacher_path: str = ""
     strict_plugins: bool = False
     keep_stale: bool = False  # reuse finished records whose identity changed, marked "stale"
+    loggers: tuple = ()  # names of registered loggers (--log), each given every run
 
 
 @dataclasses.dataclass
@@ -312,8 +313,13 @@ def train_job(job):
 
         (folder / CHECKPOINT).unlink(missing_ok=True)  # its epochs came from other code or another teacher
     store.write_json(folder / store.CONFIG, base)
+    from kdbench import loggers
+
+    run_loggers = []
     try:
-        result = train_and_measure(job)
+        registry = registry_for(tuple(job.cell.plugin_dirs), job.options.strict_plugins)
+        run_loggers = loggers.start(job.options.loggers, registry, folder, base)
+        result = train_and_measure(job, on_epoch=lambda row: loggers.log_epoch(run_loggers, row))
         status = {"status": "ok"}
     except KeyboardInterrupt:
         raise
@@ -325,10 +331,11 @@ def train_job(job):
             status["error"] += f" (traceback in {folder / 'error.txt'})"
     record = base | result | status
     record["provenance"] = base["provenance"] | result.get("provenance", {}) | {"wall_time_s": time.time() - started}
+    loggers.finish(run_loggers, record)
     return record
 
 
-def train_and_measure(job):
+def train_and_measure(job, on_epoch=None):
 
     from kdbench import engine, measure
 
@@ -351,11 +358,11 @@ def train_and_measure(job):
     )
     method, ctx = prepare()
     try:
-        result = engine.train(method, ctx, desc=cell.name)
+        result = engine.train(method, ctx, desc=cell.name, on_epoch=on_epoch)
     except CheckpointError as exc:  # an unreadable resume checkpoint: it is gone, start afresh
         print(f"kdbench: {exc}; starting {cell.name} seed {job.seed} afresh", file=sys.stderr)
         method, ctx = prepare()
-        result = engine.train(method, ctx, desc=cell.name)
+        result = engine.train(method, ctx, desc=cell.name, on_epoch=on_epoch)
     params = measure.count_params(ctx.student)
     teacher_info = teacher.info if teacher else None
     if teacher_info is None and teacher_spec is not None:  # scratch rows still show the size ratio

@@ -1,0 +1,76 @@
+"""Experiment trackers (see ``kdbench_register_loggers`` in kdbench.hookspecs): the built-in
+TensorBoard logger, and the calls the runner makes to every logger a run turned on."""
+import json
+import sys
+from pathlib import Path
+
+from kdbench.errors import ConfigError
+
+TENSORBOARD_DIR = "tensorboard"
+
+
+class TensorBoardLogger:
+    """TensorBoard event files in ``run_dir/tensorboard``: ``train/<loss>`` and ``val/<metric>``
+    per epoch (step = epoch, 1-based), ``test/<metric>_last|_best`` at the end, the config as text.
+    ``tensorboard --logdir runs`` shows every run of a grid."""
+
+    @staticmethod
+    def check():
+        try:
+            import tensorboard  # noqa: F401  (torch.utils.tensorboard needs it)
+        except ImportError:
+            raise ConfigError("--log tensorboard needs the tensorboard package: pip install tensorboard") from None
+
+    def __init__(self, run_dir):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / TENSORBOARD_DIR))
+        self.last_epoch = 0
+
+    def start(self, config):
+        self.writer.add_text("config", "```\n" + json.dumps(config, indent=2, default=str) + "\n```")
+
+    def log_epoch(self, row):
+        self.last_epoch = row["epoch"]
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, (int, float)):
+                split, _, name = key.partition("_")  # train_loss -> train/loss, val_top1 -> val/top1
+                self.writer.add_scalar(f"{split}/{name}", value, row["epoch"])
+
+    def finish(self, record):
+        for key, value in record.get("metrics", {}).items():
+            self.writer.add_scalar(f"test/{key}", value, record.get("epochs", self.last_epoch))
+        self.writer.close()
+
+
+def start(names, registry, run_dir, config):
+    """Build the loggers ``names`` for one run and hand each the run's config."""
+    loggers = [registry.get("loggers", name)(run_dir) for name in names]
+    for logger in loggers:
+        if hasattr(logger, "start"):
+            logger.start(config)
+    return loggers
+
+
+def log_epoch(loggers, row):
+    for logger in loggers:
+        if hasattr(logger, "log_epoch"):
+            logger.log_epoch(row)
+
+
+def finish(loggers, record):
+    """Give each logger the final record; a logger's failure here is reported, the record stands."""
+    for logger in loggers:
+        try:
+            if hasattr(logger, "finish"):
+                logger.finish(record)
+        except Exception as exc:
+            print(f"kdbench: logger {type(logger).__name__} failed to finish: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+def check(names, registry):
+    """Before any training: every logger named exists and can work."""
+    for name in names:
+        factory = registry.get("loggers", name)
+        if hasattr(factory, "check"):
+            factory.check()
