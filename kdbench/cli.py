@@ -29,6 +29,7 @@ def build_parser():
     run.add_argument("--force", action="store_true", help="redo finished runs")
     run.add_argument("--keep-stale", action="store_true", help="keep finished runs whose code or teacher changed (marked stale) instead of rerunning them")
     run.add_argument("--log", action="append", default=[], dest="loggers", metavar="LOGGER", help="also log every run to this tracker: tensorboard, or one a plugin registers (repeatable; see list loggers)")
+    run.add_argument("--dry-run", action="store_true", help="print the cells, teachers, parameters and a timed estimate of the wall time, then stop (trains nothing, writes nothing)")
     add_plugin_options(run)
 
     lst = sub.add_parser("list", help="list registered components and the plugin that supplied each")
@@ -147,12 +148,18 @@ def cmd_run(args):
     engine.check_data(registry, cells)
     logger_names = tuple(dict.fromkeys(name for arg in args.loggers for name in arg.split(",") if name))
     loggers.check(logger_names, registry)
-    if not teacher_path:  # a wrong hash or an unreachable server stops here, before any training
-        runner.download_teachers(cells, args.cache)
-    print(f"kdbench: {cells[0].experiment} ({profile or 'no'} profile): {len(cells)} cell(s) x {len(seeds)} seed(s) -> {args.out}")
     options = runner.RunOptions(out=args.out, cache=args.cache, device=args.device, force=args.force,
                                 teacher_path=teacher_path, strict_plugins=args.strict_plugins, keep_stale=args.keep_stale,
                                 loggers=logger_names)
+    if args.dry_run:  # before any teacher download: a dry run writes nothing
+        from kdbench import plan
+
+        print(f"kdbench: {cells[0].experiment} ({profile or 'no'} profile): timing a few steps of each configuration ...")
+        print(plan.dry_run(cells, seeds, registry, options)[1])
+        return 0
+    if not teacher_path:  # a wrong hash or an unreachable server stops here, before any training
+        runner.download_teachers(cells, args.cache)
+    print(f"kdbench: {cells[0].experiment} ({profile or 'no'} profile): {len(cells)} cell(s) x {len(seeds)} seed(s) -> {args.out}")
     records, all_ok = runner.run_grid(cells, seeds, options)
     table = leaderboard.render(records, "md")
     print("\n" + table)

@@ -1,0 +1,241 @@
+"""What a grid will cost, before it runs: ``python -m kdbench run ... --dry-run``.
+
+For every cell it lists the seeds to run (and those already finished in --out), the student's
+parameters, the teacher it needs and whether the cache has it, and an estimate of the wall time,
+measured on the chosen device: a few real training steps of each distinct (model, method and its
+options, batch, data) are timed through the engine (``engine.prepare`` and the method's
+``train_step``), plus one validation pass, and extrapolated to the configured epochs, steps and
+evaluation passes. Teachers are timed with their real initialisation; teachers a method loads
+itself through ``ctx.load_teacher`` (gankd's feature classifier) are found the same way. Nothing
+is written to the teacher cache or to --out.
+"""
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from kdbench import engine, store
+from kdbench.experiment import config_hash, resolve_teacher
+from kdbench.measure import count_params, device_name, synchronize
+from kdbench.teachers import META, WEIGHTS, default_cache_dir, model_options, teacher_key
+
+# A step is timed after one warm-up step (allocations, kernel selection), repeatedly until both
+# MIN_STEPS steps and MIN_SECONDS have been timed, or MAX_SECONDS have passed. A first step
+# slower than MAX_SECONDS is itself the measurement (the warm-up is small beside it).
+MIN_STEPS, MIN_SECONDS, MAX_SECONDS = 3, 1.0, 10.0
+
+
+class Planner:
+    def __init__(self, registry, device, cache="", teacher_path=""):
+        self.registry = registry
+        self.device = device
+        self.cache_root = (Path(cache).expanduser() if cache else default_cache_dir()) / "teachers"
+        self.teacher_path = teacher_path
+        self.timings = {}  # what shapes a run's cost -> Timing
+        self.teachers = {}  # cache key -> {"spec", "cached", "params", "timing", "used_by"}
+        self.stand_ins = {}  # cache key -> engine.Teacher at its real initialisation (timing only)
+
+    # -- teachers -------------------------------------------------------------------------------
+
+    def teacher(self, spec, used_by):
+        """A stand-in for the trained teacher of ``spec`` (its model and its method's extra modules
+        at their initialisation), noting whether the cache holds the real one and what training it costs."""
+        key = teacher_key(spec)
+        if key not in self.teachers:
+            folder = self.cache_root / key
+            given = bool(spec.get("path") or spec.get("url"))  # --teacher PATH or a URL: loaded, never trained
+            cached = given or ((folder / WEIGHTS).is_file() and (folder / META).is_file())
+            entry = {"spec": spec, "cached": cached, "used_by": [], "key": key, "given": given}
+            self.teachers[key] = entry
+            with engine.preserved_rng():
+                method, ctx, timing = self.time_training(
+                    role="teachers", model_spec={"model": spec["model"]} | model_options(spec), method_name=spec["method"],
+                    method_options=spec["method_options"], data_cfg=spec["data"], train_cfg=spec["train"])
+            entry["params"] = count_params(ctx.student)
+            entry["timing"] = timing
+            self.stand_ins[key] = engine.Teacher(ctx.student, {n: m for n, m in ctx.modules.items() if n != "student"},
+                                                 {"model": spec["model"], "params": entry["params"], "metrics": {}})
+        if used_by not in self.teachers[key]["used_by"]:
+            self.teachers[key]["used_by"].append(used_by)
+        return self.stand_ins[key]
+
+    def loader(self, data_cfg, used_by):
+        """``ctx.load_teacher`` for the timed runs: a stand-in, never the cache."""
+        return lambda partial: self.teacher(resolve_teacher(self.registry, partial, data_cfg), used_by)
+
+    # -- timing ---------------------------------------------------------------------------------
+
+    def time_training(self, *, role, model_spec, method_name, method_options, data_cfg, train_cfg, teacher=None):
+        """(method, ctx, timing) of one configuration, built through the engine; the timing is
+        measured once per distinct (model, method and options, batch, threads, data, teacher)."""
+        key = config_hash({"role": role, "model": model_spec, "method": method_name, "options": method_options,
+                           "batch": train_cfg["batch_size"], "threads": train_cfg["threads"], "amp": train_cfg["amp"],
+                           "data": data_cfg, "teacher": teacher_key_of(teacher)})
+        with tempfile.TemporaryDirectory(prefix="kdbench-plan-") as run_dir:
+            method, ctx = engine.prepare(
+                registry=self.registry, role=role, model_spec=model_spec, method_name=method_name,
+                method_options=method_options, data_cfg=data_cfg, train_cfg=train_cfg, seed=0, device=self.device,
+                run_dir=run_dir, teacher=teacher, teacher_loader=self.loader(data_cfg, f"{method_name} ({role[:-1]})"))
+            if key not in self.timings:
+                with engine.cpu_threads(train_cfg["threads"], self.device):
+                    self.timings[key] = measure_steps(method, ctx, train_cfg)
+        return method, ctx, self.timings[key]
+
+    def cell(self, cell, seeds, out):
+        config = cell.config
+        method_cls = self.registry.get("methods", cell.method)
+        teacher = None
+        if method_cls.needs_teacher:
+            spec = config["teacher"] | ({"path": self.teacher_path} if self.teacher_path else {})
+            teacher = self.teacher(spec, cell.name)
+        method_options = {k: v for k, v in config["method"].items() if k != "name"}
+        _, ctx, timing = self.time_training(
+            role="students", model_spec=config["student"], method_name=cell.method, method_options=method_options,
+            data_cfg=config["data"], train_cfg=config["train"], teacher=teacher)
+        todo = [s for s in seeds if not store.is_finished(store.run_dir(out, cell, s))]
+        return {
+            "cell": cell.name, "method": cell.method, "student": config["student"]["model"],
+            "params": count_params(ctx.student), "epochs": config["train"]["epochs"], "batch": config["train"]["batch_size"],
+            "timing": timing, "per_run_s": run_seconds(timing, config["train"]), "seeds": list(seeds), "todo": todo,
+        }
+
+
+def teacher_key_of(teacher):
+    return None if teacher is None else id(teacher.model)
+
+
+def measure_steps(method, ctx, train_cfg):
+    """Time training steps and one validation pass of a prepared (method, ctx)."""
+    cfg = ctx.train
+    if method.uses_data:
+        steps = cfg["steps_per_epoch"] or math.ceil(ctx.data.info["train_size"] / cfg["batch_size"])
+    else:
+        steps = cfg["steps_per_epoch"]
+    engine.set_train_mode(ctx, True)
+    batches = engine.iter_batches(ctx, method, cfg, torch.Generator(device="cpu").manual_seed(0))
+
+    def step():
+        start = time.perf_counter()
+        with engine.autocast(ctx.device, cfg["amp"]):
+            method.train_step(next(batches))
+        synchronize(ctx.device)
+        return time.perf_counter() - start
+
+    first = step()
+    if first > MAX_SECONDS:
+        times = [first]
+    else:
+        times = []
+        began = time.perf_counter()
+        while (len(times) < MIN_STEPS or sum(times) < MIN_SECONDS) and time.perf_counter() - began < MAX_SECONDS:
+            times.append(step())
+    engine.set_train_mode(ctx, False)
+    val_s = time_call(method.evaluate, "val", ctx.device)
+    if val_s < MIN_SECONDS:  # short enough to time again warm
+        val_s = time_call(method.evaluate, "val", ctx.device)
+    return {
+        "step_s": sum(times) / len(times), "timed_steps": len(times), "steps_per_epoch": steps,
+        "val_s": val_s, "val_size": ctx.data.size("val"), "test_size": ctx.data.size("test"),
+    }
+
+
+def time_call(fn, arg, device):
+    start = time.perf_counter()
+    fn(arg)
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def run_seconds(timing, train_cfg, test_passes=2):
+    """One run: every epoch's steps, the validation passes, and the test passes (last and best
+    epoch), a test pass taken as a validation pass scaled by the split sizes."""
+    epochs = train_cfg["epochs"]
+    val_passes = sum(1 for e in range(epochs) if (e + 1) % train_cfg["eval_every"] == 0 or e + 1 == epochs)
+    test_s = timing["val_s"] * timing["test_size"] / max(timing["val_size"], 1)
+    return timing["step_s"] * timing["steps_per_epoch"] * epochs + val_passes * timing["val_s"] + test_passes * test_s
+
+
+def estimate(cells, seeds, registry, device, out="runs", cache="", teacher_path=""):
+    """The plan of a grid: cells (with timings), teachers, totals. Trains nothing, writes nothing."""
+    planner = Planner(registry, device, cache, teacher_path)
+    rows = [planner.cell(cell, seeds, out) for cell in cells]
+    teachers = []
+    for entry in planner.teachers.values():
+        spec = entry["spec"]
+        # training, then measured once on the test set when it is loaded
+        train_s = 0.0 if entry["cached"] else run_seconds(entry["timing"], spec["train"], test_passes=3)
+        teachers.append(entry | {"train_s": train_s})
+    runs_s = sum(r["per_run_s"] * len(r["todo"]) for r in rows)
+    return {
+        "device": str(device), "device_name": device_name(device), "threads": torch.get_num_threads(),
+        "cells": rows, "teachers": teachers, "seeds": list(seeds),
+        "runs": sum(len(r["todo"]) for r in rows), "finished": sum(len(r["seeds"]) - len(r["todo"]) for r in rows),
+        "teachers_s": sum(t["train_s"] for t in teachers), "runs_s": runs_s,
+        "total_s": runs_s + sum(t["train_s"] for t in teachers),
+    }
+
+
+def duration(seconds):
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, s = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{s:02d}s"
+    hours, m = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h{m:02d}m"
+    return f"{hours / 24:.1f} days"
+
+
+def render(plan, cache_root):
+    from tabulate import tabulate
+
+    lines = [f"kdbench: dry run on {plan['device']} ({plan['device_name']}, {plan['threads']} CPU threads): "
+             f"{len(plan['cells'])} cell(s) x {len(plan['seeds'])} seed(s) = {plan['runs']} run(s) to do"
+             + (f", {plan['finished']} already finished in --out" if plan["finished"] else ""), ""]
+    rows = []
+    for t in plan["teachers"]:
+        spec, timing = t["spec"], t["timing"]
+        status = "given (path or URL)" if t["given"] else "cached" if t["cached"] else "to train"
+        rows.append([spec["model"], spec["method"], t["key"], f"{t['params']:,}", status,
+                     f"{spec['train']['epochs']} x {timing['steps_per_epoch']}", spec["train"]["batch_size"],
+                     f"{timing['step_s'] * 1000:.1f}", duration(t["train_s"]) if not t["cached"] else "-",
+                     ", ".join(sorted(set(u.split("__")[0] for u in t["used_by"])))])
+    if rows:
+        lines.append(f"teachers (cache: {cache_root}):")
+        lines.append(tabulate(rows, headers=["model", "trained by", "key", "params", "status", "epochs x steps",
+                                             "batch", "ms/step", "est. training", "used by"], tablefmt="github"))
+        lines.append("")
+    rows = []
+    for r in plan["cells"]:
+        timing = r["timing"]
+        rows.append([r["cell"], r["student"], f"{r['params']:,}", f"{r['epochs']} x {timing['steps_per_epoch']}", r["batch"],
+                     f"{timing['step_s'] * 1000:.1f}", f"{timing['val_s']:.1f}", duration(r["per_run_s"]),
+                     f"{len(r['todo'])}/{len(r['seeds'])}", duration(r["per_run_s"] * len(r["todo"]))])
+    lines.append("cells:")
+    lines.append(tabulate(rows, headers=["cell", "student", "params", "epochs x steps", "batch", "ms/step",
+                                         "val pass s", "per run", "runs to do", "cell total"], tablefmt="github"))
+    lines += [
+        "",
+        f"estimate: {duration(plan['total_s'])} ({plan['total_s']:.0f} s) in all (teachers {duration(plan['teachers_s'])}, runs {duration(plan['runs_s'])}), "
+        f"one run after another on this {plan['device']} device",
+        "assumptions: each (model, method and options, batch, data) had its training steps timed here (after one "
+        f"warm-up step; {MIN_STEPS}+ steps or {MAX_SECONDS:.0f}s at most) with the teacher at its initialisation; a run "
+        "is epochs x steps at that rate, plus its validation passes and 2 test passes timed from one validation pass "
+        "scaled by split size (a teacher: 3); not counted: data loading, checkpoints, the throughput/latency "
+        "measurement, other processes sharing the device. Nothing was trained into the cache, no records written.",
+    ]
+    return "\n".join(lines)
+
+
+def dry_run(cells, seeds, registry, options):
+    """What ``run --dry-run`` prints."""
+    device = engine.resolve_device(options.device)
+    plan = estimate(cells, seeds, registry, device, options.out, options.cache, options.teacher_path)
+    cache_root = (Path(options.cache).expanduser() if options.cache else default_cache_dir()) / "teachers"
+    return plan, render(plan, cache_root)
+
+

@@ -1,0 +1,37 @@
+"""``run --dry-run``: the plan of a grid (cells x seeds, teachers to train or reuse, parameters) and
+its timed estimate, which must come within a factor of 2 of the real run timed in the same test
+(on the same machine, under the same load), and must train and write nothing."""
+import re
+import time
+
+from conftest import REPO
+from kdbench.cli import main
+
+PLUGIN = REPO / "plugins" / "hinton"
+
+
+def test_dry_run_estimate_is_within_a_factor_of_two_of_the_run(tmp_path, capsys):
+    # one quick-profile cell of the Hinton experiment and its teacher (one epoch of it, to keep this short)
+    args = ["run", str(PLUGIN), "--grid", "method=hinton", "--seeds", "0", "--set", "teacher.train.epochs=1",
+            "--device", "cpu", "--out", str(tmp_path / "runs"), "--cache", str(tmp_path / "cache")]
+    assert main(args + ["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "1 cell(s) x 1 seed(s) = 1 run(s) to do" in out
+    assert re.search(r"\| small-cnn +\| scratch .*\| +207,274 \| to train +\| 1 x 157 ", out)  # 20,000 images / 128
+    assert re.search(r"\| hinton__\w+ +\| mlp +\| +118,282 \| 40 x 16 ", out)  # 2,000 images / 128
+    estimate = float(re.search(r"estimate: \S+ \((\d+) s\) in all", out).group(1))
+    assert "assumptions:" in out
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()  # nothing trained or written
+
+    start = time.perf_counter()
+    assert main(args) == 0
+    measured = time.perf_counter() - start
+    capsys.readouterr()
+    print(f"dry-run estimate {estimate:.0f} s, measured run {measured:.0f} s")  # shown with pytest -s
+    assert measured / 2 <= estimate <= measured * 2, (estimate, measured)
+
+    # afterwards the teacher is in the cache and the run is finished: nothing left to do
+    assert main(args + ["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "= 0 run(s) to do, 1 already finished in --out" in out and "| cached " in out
+    assert re.search(r"estimate: \S+ \(0 s\) in all", out)
