@@ -78,9 +78,12 @@ class Planner:
                 registry=self.registry, role=role, model_spec=model_spec, method_name=method_name,
                 method_options=method_options, data_cfg=data_cfg, train_cfg=train_cfg, seed=0, device=self.device,
                 run_dir=run_dir, teacher=teacher, teacher_loader=self.loader(data_cfg, f"{method_name} ({role[:-1]})"))
-            if key not in self.timings:
-                with engine.cpu_threads(train_cfg["threads"], self.device):
-                    self.timings[key] = measure_steps(method, ctx, train_cfg)
+            try:
+                if key not in self.timings:
+                    with engine.cpu_threads(train_cfg["threads"], self.device):
+                        self.timings[key] = measure_steps(method, ctx)
+            finally:
+                engine.teardown(method, ctx)
         return method, ctx, self.timings[key]
 
     def cell(self, cell, seeds, out):
@@ -106,20 +109,23 @@ def teacher_key_of(teacher):
     return None if teacher is None else id(teacher.model)
 
 
-def measure_steps(method, ctx, train_cfg):
-    """Time training steps and one validation pass of a prepared (method, ctx)."""
+def measure_steps(method, ctx):
+    """Time training steps and one validation pass of a prepared (method, ctx), the way
+    engine.train_loop runs them."""
     cfg = ctx.train
     if method.uses_data:
         steps = cfg["steps_per_epoch"] or math.ceil(ctx.data.info["train_size"] / cfg["batch_size"])
     else:
         steps = cfg["steps_per_epoch"]
+    ctx.epoch, ctx.phase = 0, "train"
     engine.set_train_mode(ctx, True)
-    batches = engine.iter_batches(ctx, method, cfg, torch.Generator(device="cpu").manual_seed(0))
+    ctx.stream = engine.training_batches(ctx, cfg, torch.Generator(device="cpu").manual_seed(0))
 
     def step():
         start = time.perf_counter()
         with engine.autocast(ctx.device, cfg["amp"]):
-            method.train_step(next(batches))
+            method.train_step(next(ctx.stream) if method.uses_data else None)
+        ctx.global_step += 1
         synchronize(ctx.device)
         return time.perf_counter() - start
 
@@ -131,6 +137,7 @@ def measure_steps(method, ctx, train_cfg):
         began = time.perf_counter()
         while (len(times) < MIN_STEPS or sum(times) < MIN_SECONDS) and time.perf_counter() - began < MAX_SECONDS:
             times.append(step())
+    ctx.stream, ctx.phase = None, "val"
     engine.set_train_mode(ctx, False)
     val_s = time_call(method.evaluate, "val", ctx.device)
     if val_s < MIN_SECONDS:  # short enough to time again warm

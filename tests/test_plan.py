@@ -27,7 +27,8 @@ def test_dry_run_estimate_is_within_a_factor_of_two_of_the_run(tmp_path, capsys)
     assert main(args) == 0
     measured = time.perf_counter() - start
     capsys.readouterr()
-    print(f"dry-run estimate {estimate:.0f} s, measured run {measured:.0f} s")  # shown with pytest -s
+    with capsys.disabled():  # shown with pytest -s
+        print(f"\ndry-run estimate {estimate:.0f} s, measured run {measured:.0f} s")
     assert measured / 2 <= estimate <= measured * 2, (estimate, measured)
 
     # afterwards the teacher is in the cache and the run is finished: nothing left to do
