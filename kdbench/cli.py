@@ -54,6 +54,11 @@ def build_parser():
     report.add_argument("--cache", default="", help="teacher cache folder, one subfolder per CPU setting (default OUT/cache)")
     report.add_argument("--root", default=".", help="repository root holding README.md and plugins/ (default .)")
 
+    new = sub.add_parser("new-plugin", help="write a plugin folder (a method that trains, its experiment, a test) to start from")
+    new.add_argument("name", help="the method's name, e.g. my-kd (the folder's name too)")
+    new.add_argument("--dir", default=".", help="where to create the folder (default: here)")
+    new.add_argument("--installable", action="store_true", help="also write a pyproject.toml declaring the kdbench entry point, for pip install")
+
     teachers = sub.add_parser("teachers", help="list the teacher cache")
     teachers.add_argument("--cache", default="", help="cache folder (default $KDBENCH_CACHE or ~/.cache/kdbench)")
     return parser
@@ -70,7 +75,7 @@ def main(argv=None):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         return {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "report": cmd_report,
-                "teachers": cmd_teachers}[args.command](args)
+                "teachers": cmd_teachers, "new-plugin": cmd_new_plugin}[args.command](args)
     except KDBenchError as exc:
         print(f"kdbench: error: {exc}", file=sys.stderr)
         return 2
@@ -279,6 +284,18 @@ def cmd_report(args):
     if args.seeds:
         parse_seeds(args.seeds)
     report.generate(args.root, report.parse_settings(args.cpu_settings), args.out, args.cache, args.only, args.seeds)
+    return 0
+
+
+def cmd_new_plugin(args):
+    from kdbench.scaffold import new_plugin
+
+    folder, files = new_plugin(args.name, args.dir, args.installable)
+    print(f"kdbench: wrote {folder}/: {', '.join(files)}")
+    print(f"  run it:  python -m kdbench run {folder}")
+    print(f"  test it: python -m pytest {folder}")
+    if args.installable:
+        print(f"  install: pip install {folder}   (then every experiment can use {args.name})")
     return 0
 
 
