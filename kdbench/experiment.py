@@ -382,8 +382,10 @@ def check_method_options(method_cls, options, arm, where="method"):
     options = {k: v for k, v in options.items() if k != "name"}
     try:
         method_cls.Config(**options)
-    except ConfigError:
-        raise
+    except ConfigError as exc:
+        if where == "method":
+            raise
+        raise ConfigError(f"{where} of {arm!r}: {exc}") from None  # the teacher's method, say
     except Exception as exc:  # a plugin's check that raised something else still stops the grid here
         raise ConfigError(f"{where} of {arm!r}: {type(exc).__name__}: {exc}") from None
 

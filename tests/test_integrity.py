@@ -80,7 +80,7 @@ def test_method_config_checks_run_at_expansion(tmp_path, cli):
     code, _, err = cli("run", str(REPO / "plugins" / "gankd"), "--set", "method.match=first")
     assert code == 2 and "invalid method.match = 'first'; valid: last, all" in err
     code, _, err = cli("run", str(REPO / "plugins" / "vkd"), "--set", "teacher.method_options.cgan=later")
-    assert code == 2 and "invalid method.cgan = 'later'; valid: concurrent, posthoc" in err
+    assert code == 2 and "teacher.method_options of 'vkd-teacher': invalid method.cgan = 'later'; valid: concurrent, posthoc" in err
     assert nothing_trained(tmp_path)
 
 
