@@ -27,6 +27,7 @@ def build_parser():
     run.add_argument("--cache", default="", help="teacher cache folder (default $KDBENCH_CACHE or ~/.cache/kdbench)")
     run.add_argument("--teacher", default="", metavar="PATH|URL#sha256=HEX", help="use this teacher checkpoint instead of the cache, or download it (verified against its SHA-256)")
     run.add_argument("--force", action="store_true", help="redo finished runs")
+    run.add_argument("--ddp", type=int, default=0, metavar="N", help="train each cell with DistributedDataParallel over N processes (starts torchrun; one per GPU, or gloo on CPU)")
     run.add_argument("--keep-stale", action="store_true", help="keep finished runs whose code or teacher changed (marked stale) instead of rerunning them")
     run.add_argument("--log", action="append", default=[], dest="loggers", metavar="LOGGER", help="also log every run to this tracker: tensorboard, or one a plugin registers (repeatable; see list loggers)")
     run.add_argument("--dry-run", action="store_true", help="print the cells, teachers, parameters and a timed estimate of the wall time, then stop (trains nothing, writes nothing)")
@@ -69,7 +70,9 @@ def add_plugin_options(parser):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # `run --ddp N` starts the same command under torchrun
     # Before torch loads OpenMP: on a shared machine the default spin-wait makes two threads
     # many times slower than one; passive waiting costs little when the machine is quiet.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -131,7 +134,34 @@ def check_writable_file(path, flag):
 
 
 def cmd_run(args):
-    from kdbench import engine, experiment, leaderboard, loggers, runner, store
+    from kdbench import distributed
+
+    if args.ddp:
+        return launch_ddp(args.ddp, args.argv)
+    if not distributed.launched():
+        return run_grid(args)
+    distributed.init(args.device)
+    try:
+        return run_grid(args)
+    finally:
+        distributed.finish()
+
+
+def launch_ddp(processes, argv):
+    """``run ... --ddp N``: the same command under torchrun, N processes on this machine."""
+    import subprocess
+
+    if processes < 2:
+        raise ConfigError(f"--ddp {processes}: give the number of processes, 2 or more")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("--ddp starts torchrun itself: drop it when the command already runs under torchrun")
+    argv = [a for i, a in enumerate(argv) if a != "--ddp" and not a.startswith("--ddp=") and (i == 0 or argv[i - 1] != "--ddp")]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", "-m", "kdbench", *argv]
+    return subprocess.run(command).returncode
+
+
+def run_grid(args):
+    from kdbench import distributed, engine, experiment, leaderboard, loggers, runner, store
 
     folder = check_plugin_folder(args.plugin).resolve()
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
@@ -162,10 +192,17 @@ def cmd_run(args):
         print(f"kdbench: {cells[0].experiment} ({profile or 'no'} profile): timing a few steps of each configuration ...")
         print(plan.dry_run(cells, seeds, registry, options)[1])
         return 0
+    if not distributed.is_main():  # DDP: rank 0 drives the grid; this rank trains its jobs with it
+        runner.follow(options)
+        return 0
     if not teacher_path:  # a wrong hash or an unreachable server stops here, before any training
         runner.download_teachers(cells, args.cache)
     print(f"kdbench: {cells[0].experiment} ({profile or 'no'} profile): {len(cells)} cell(s) x {len(seeds)} seed(s) -> {args.out}")
-    records, all_ok = runner.run_grid(cells, seeds, options)
+    try:
+        records, all_ok = runner.run_grid(cells, seeds, options)
+    finally:
+        if distributed.active():
+            distributed.broadcast(None)  # the other ranks stop
     table = leaderboard.render(records, "md")
     print("\n" + table)
     # the saved leaderboard is the whole experiment's: every record under --out, from this and

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdbench import store
+from kdbench import distributed, store
 from kdbench.errors import CheckpointError, ConfigError, NonFiniteLoss
 
 CHECKPOINT = "checkpoint.pt"
@@ -51,11 +51,11 @@ def preserved_rng():
 
 
 def resolve_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but torch sees no CUDA device; use --device cpu or auto")
-    return torch.device(name)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return distributed.device(torch.device(name))  # under DDP: this rank's own GPU
 
 
 def autocast(device, enabled):
@@ -83,8 +83,10 @@ class Teacher:
 class Context:
     """What a method sees of the engine (documented in kdbench.method)."""
 
-    def __init__(self, *, student, teacher, data, train, seed, device, run_dir, registry, teacher_loader=None):
+    def __init__(self, *, student, teacher, data, train, seed, device, run_dir, registry, teacher_loader=None,
+                 ddp=False):
         self.device = device
+        self.ddp = ddp  # one of several torchrun processes training this cell (kdbench.distributed)
         self.train = train
         self.seed = seed
         self.data = data
@@ -167,7 +169,8 @@ class Context:
         return opt
 
     def step(self, optimizer, loss):
-        if not torch.isfinite(loss.detach()).all():
+        finite = distributed.all_finite(loss) if self.ddp else torch.isfinite(loss.detach()).all()
+        if not finite:
             raise NonFiniteLoss(f"loss became {loss.detach().float().item()} at a training step; lower the learning rate or check the inputs")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -262,15 +265,18 @@ def check_data(registry, cells):
                 load_raw(registry, json.dumps(source, sort_keys=True))
 
 
-def prepare(*, registry, role, model_spec, method_name, method_options, data_cfg, train_cfg, seed, device, run_dir, teacher=None, teacher_loader=None):
+def prepare(*, registry, role, model_spec, method_name, method_options, data_cfg, train_cfg, seed, device, run_dir, teacher=None, teacher_loader=None, ddp=False):
     """Seed, build the model (``role``: teachers or students) and its method on the device.
-    Returns (method, ctx), ready for ``train`` or for loading saved module states."""
+    Returns (method, ctx), ready for ``train`` or for loading saved module states. ``ddp``: this
+    process is one of several training the cell together (kdbench.distributed)."""
     seed_everything(seed)
     data = load_data(registry, data_cfg, device)
     options = {k: v for k, v in model_spec.items() if k != "model"}
     model = registry.build_model(role, model_spec["model"], data.info, **options)
+    if ddp and device.type == "cuda":  # batch statistics over the whole global batch
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ctx = Context(student=model, teacher=teacher, data=data, train=train_cfg, seed=seed, device=device,
-                  run_dir=run_dir, registry=registry, teacher_loader=teacher_loader)
+                  run_dir=run_dir, registry=registry, teacher_loader=teacher_loader, ddp=ddp)
     method_cls = registry.get("methods", method_name)
     return build_method(method_cls, method_cls.Config(**method_options), ctx), ctx
 
@@ -282,10 +288,24 @@ def build_method(method_cls, config, ctx):
         method = method_cls(config, ctx)
         if getattr(method, "optimizer", None) is None:
             method.optimizer = ctx.optimizer(method.parameters())
+        if ctx.ddp:
+            enter_ddp(method, ctx)
     except BaseException:
         ctx.remove_features()  # hooks on a shared teacher must not outlive a failed build
         raise
     return method
+
+
+def enter_ddp(method, ctx):
+    """Check that the method fits DDP (one optimizer, over the student alone) and route its
+    student forwards through DistributedDataParallel; states and hooks stay on the bare module."""
+    extra = [name for name in ctx.trainable if name != "student"]
+    if len(ctx.optimizers) != 1 or extra:
+        what = f"{len(ctx.optimizers)} optimizers" if len(ctx.optimizers) != 1 else f"trainable module(s) {', '.join(extra)}"
+        raise ConfigError(f"method {type(method).__name__} cannot run under DDP (torchrun/--ddp): it trains {what}, and "
+                          "kdbench's DDP covers one optimizer over the student; run it in one process")
+    distributed.check_batch(ctx.train["batch_size"])
+    ctx.student = method.student = distributed.wrap(ctx.student, ctx.device)
 
 
 def teardown(method, ctx):
@@ -329,15 +349,19 @@ def train_loop(method, ctx, desc, on_epoch=None):
     if not method.uses_data and not cfg["steps_per_epoch"]:
         raise ConfigError(f"method {type(method).__name__} is data-free: set train.steps_per_epoch")
     shuffle = torch.Generator(device="cpu").manual_seed(ctx.seed)
+    writes = not ctx.ddp or distributed.is_main()  # under DDP rank 0 alone writes the run folder
     state = {"epoch": 0, "global_step": 0, "best": None, "best_epoch": None, "best_state": None, "history": [], "elapsed": 0.0}
-    ctx.run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = ctx.run_dir / CHECKPOINT
     if checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path, ctx, method, shuffle)
-        print(f"kdbench: resuming {ctx.run_dir} after epoch {state['epoch']}", file=sys.stderr)
+        state = load_checkpoint(checkpoint_path, ctx, method, shuffle, remove_bad=writes)
+        if writes:
+            print(f"kdbench: resuming {ctx.run_dir} after epoch {state['epoch']}", file=sys.stderr)
+    if ctx.ddp:
+        distributed.barrier()  # every rank has read the checkpoint before rank 0 may replace it
     ctx.global_step, ctx.best = state["global_step"], state["best_state"]
-    # the curve log restarts from what the checkpoint holds (no epochs logged twice)
-    (ctx.run_dir / HISTORY).write_text("".join(json.dumps(row) + "\n" for row in state["history"]))
+    if writes:  # the curve log restarts from what the checkpoint holds (no epochs logged twice)
+        ctx.run_dir.mkdir(parents=True, exist_ok=True)
+        (ctx.run_dir / HISTORY).write_text("".join(json.dumps(row) + "\n" for row in state["history"]))
 
     bar = progress(cfg["epochs"] * steps, desc)
     bar.update(state["epoch"] * steps)
@@ -359,6 +383,8 @@ def train_loop(method, ctx, desc, on_epoch=None):
                 scheduler.step()
         method.end_epoch(epoch)
         ctx.stream = None
+        if ctx.ddp:  # the loss of the global batch: the mean of the ranks' slices
+            sums = {k: distributed.mean(v, ctx.device) for k, v in sums.items()}
         row = {"epoch": epoch + 1} | {f"train_{k}": float(v) / steps for k, v in sums.items()}
         last_epoch = epoch + 1 == cfg["epochs"]
         if (epoch + 1) % cfg["eval_every"] == 0 or last_epoch:
@@ -372,11 +398,12 @@ def train_loop(method, ctx, desc, on_epoch=None):
         state["history"].append(row)
         state["epoch"], state["global_step"] = epoch + 1, ctx.global_step
         state["elapsed"] = time.perf_counter() - start
-        with open(ctx.run_dir / HISTORY, "a") as log:
-            log.write(json.dumps(row) + "\n")
-        if on_epoch is not None:
+        if writes:
+            with open(ctx.run_dir / HISTORY, "a") as log:
+                log.write(json.dumps(row) + "\n")
+        if on_epoch is not None and writes:
             on_epoch(row)
-        if (epoch + 1) % cfg["checkpoint_every"] == 0 and not last_epoch:
+        if (epoch + 1) % cfg["checkpoint_every"] == 0 and not last_epoch and writes:
             save_checkpoint(checkpoint_path, ctx, method, shuffle, state)
     bar.close()
     ctx.phase = "train"
@@ -389,7 +416,8 @@ def train_loop(method, ctx, desc, on_epoch=None):
     load_snapshot(ctx, method, ctx.best)
     ctx.phase = "test-best"
     best = method.evaluate("test")
-    checkpoint_path.unlink(missing_ok=True)  # the run is finished; its record is what counts
+    if writes:
+        checkpoint_path.unlink(missing_ok=True)  # the run is finished; its record is what counts
     return {
         "metrics": {f"{k}_last": v for k, v in last.items()} | {f"{k}_best": v for k, v in best.items()},
         "selection": {"metric": metric, "direction": direction, "best_epoch": state["best_epoch"], "val_best": state["best"]},
@@ -404,7 +432,8 @@ def train_loop(method, ctx, desc, on_epoch=None):
 
 def training_batches(ctx, cfg, shuffle):
     while True:  # cycles when steps_per_epoch asks for more than one pass
-        yield from ctx.data.batches("train", cfg["batch_size"], shuffle=True, augment=True, generator=shuffle)
+        for batch in ctx.data.batches("train", cfg["batch_size"], shuffle=True, augment=True, generator=shuffle):
+            yield distributed.shard(batch) if ctx.ddp else batch
 
 
 def cpu_copy(value):
@@ -463,7 +492,7 @@ def read_checkpoint(path, device):
     return torch.load(io.BytesIO(data), map_location=device, weights_only=True)
 
 
-def load_checkpoint(path, ctx, method, shuffle):
+def load_checkpoint(path, ctx, method, shuffle, remove_bad=True):
     try:
         payload = read_checkpoint(path, ctx.device)
         if payload.get("format") != CHECKPOINT_FORMAT:
@@ -481,7 +510,8 @@ def load_checkpoint(path, ctx, method, shuffle):
         if payload["rng"]["cuda"]:
             torch.cuda.set_rng_state_all([s.cpu() for s in payload["rng"]["cuda"]])
     except Exception as exc:
-        path.unlink(missing_ok=True)
+        if remove_bad:
+            path.unlink(missing_ok=True)
         reason = str(exc) if isinstance(exc, CheckpointError) else f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         raise CheckpointError(f"checkpoint {path} is unreadable ({reason}); it was removed") from None
     return cpu_copy(payload["state"])

@@ -14,7 +14,7 @@ import time
 import traceback
 from pathlib import Path
 
-from kdbench import store
+from kdbench import distributed, store
 from kdbench.errors import CheckpointError, KDBenchError
 
 
@@ -160,11 +160,12 @@ def identity(cell, seed, registry, teacher_sha256, device_type, threads):
     from kdbench.experiment import config_hash
 
     threads = cell.config["train"]["threads"] or threads
+    processes = distributed.world_size()  # DDP processes sharing each global batch
     return {
         "config": config_hash(cell.config), "seed": seed, "teacher": teacher_sha256,
         "plugins": {name: info["fingerprint"] for name, info in cell_plugins(cell, registry).items()},
         "device": device_type, "threads": threads if device_type == "cpu" else None,
-    }
+    } | ({"processes": processes} if processes > 1 else {})
 
 
 def cell_plugins(cell, registry):
@@ -195,6 +196,8 @@ def stale_reason(recorded, expected):
         reasons.append("teacher changed")
     if (recorded.get("device"), recorded.get("threads")) != (expected["device"], expected["threads"]):
         reasons.append("device or thread count changed")
+    if recorded.get("processes", 1) != expected.get("processes", 1):
+        reasons.append("number of DDP processes changed")
     old, new = recorded.get("plugins", {}), expected["plugins"]
     for name in sorted(set(old) | set(new)):
         if old.get(name) == new.get(name):
@@ -339,6 +342,8 @@ def train_and_measure(job, on_epoch=None):
 
     from kdbench import engine, measure
 
+    if distributed.active() and distributed.is_main():
+        distributed.broadcast(job)  # the other ranks train it with this one (see follow)
     cell, options = job.cell, job.options
     registry = registry_for(tuple(cell.plugin_dirs), options.strict_plugins)
     device = engine.resolve_device(options.device)
@@ -354,7 +359,7 @@ def train_and_measure(job, on_epoch=None):
         registry=registry, role="students", model_spec=config["student"], method_name=cell.method,
         method_options={k: v for k, v in config["method"].items() if k != "name"}, data_cfg=config["data"],
         train_cfg=config["train"], seed=job.seed, device=device, run_dir=job.folder, teacher=teacher,
-        teacher_loader=cache.get_partial(config["data"]),
+        teacher_loader=cache.get_partial(config["data"]), ddp=distributed.active(),
     )
     method, ctx = prepare()
     try:
@@ -363,11 +368,14 @@ def train_and_measure(job, on_epoch=None):
         print(f"kdbench: {exc}; starting {cell.name} seed {job.seed} afresh", file=sys.stderr)
         method, ctx = prepare()
         result = engine.train(method, ctx, desc=cell.name, on_epoch=on_epoch)
-    params = measure.count_params(ctx.student)
+    if not distributed.is_main():
+        return {}  # rank 0 measures and records
+    student = ctx.modules["student"]  # the bare model (under DDP ctx.student is its wrapper)
+    params = measure.count_params(student)
     teacher_info = teacher.info if teacher else None
     if teacher_info is None and teacher_spec is not None:  # scratch rows still show the size ratio
         teacher_info = {"model": teacher_spec["model"], "params": teacher_params(registry, teacher_spec, ctx.data.info)}
-    speed = measure.speed(ctx.student, method.example_input, device, config["train"]["amp"], config["measure"])
+    speed = measure.speed(student, method.example_input, device, config["train"]["amp"], config["measure"])
     if teacher is not None:  # timed like the student, so the two speeds compare
         key = ("speed", json.dumps(config["measure"], sort_keys=True))
         if key not in teacher.info:
@@ -395,6 +403,15 @@ def train_and_measure(job, on_epoch=None):
         "device": str(device),
         "train_threads": threads,
     }
+
+
+def follow(options):
+    """The loop of a DDP rank other than 0: train each job rank 0 hands over, until it says stop."""
+    while (job := distributed.broadcast()) is not None:
+        try:
+            train_and_measure(job)
+        except Exception as exc:  # rank 0 fails the same way and records it
+            print(f"kdbench: rank {distributed.rank()}: {job.cell.name} seed {job.seed}: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def teacher_params(registry, spec, data_info):
