@@ -22,25 +22,37 @@ class TensorBoardLogger:
             raise ConfigError("--log tensorboard needs the tensorboard package: pip install tensorboard") from None
 
     def __init__(self, run_dir):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / TENSORBOARD_DIR))
+        self.log_dir = Path(run_dir) / TENSORBOARD_DIR
+        self.writer = None  # opened at the first epoch logged, so a resumed run can purge
+        self.config = None
         self.last_epoch = 0
 
+    def open(self, first_step=None):
+        """The writer; ``first_step``: events of that step and later that an interrupted earlier
+        process wrote are dropped (a resumed run logs those epochs again)."""
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=first_step)
+            self.writer.add_text("config", "```\n" + json.dumps(self.config, indent=2, default=str) + "\n```")
+        return self.writer
+
     def start(self, config):
-        self.writer.add_text("config", "```\n" + json.dumps(config, indent=2, default=str) + "\n```")
+        self.config = config
 
     def log_epoch(self, row):
+        writer = self.open(first_step=row["epoch"])
         self.last_epoch = row["epoch"]
         for key, value in row.items():
             if key != "epoch" and isinstance(value, (int, float)):
                 split, _, name = key.partition("_")  # train_loss -> train/loss, val_top1 -> val/top1
-                self.writer.add_scalar(f"{split}/{name}", value, row["epoch"])
+                writer.add_scalar(f"{split}/{name}", value, row["epoch"])
 
     def finish(self, record):
+        writer = self.open()
         for key, value in record.get("metrics", {}).items():
-            self.writer.add_scalar(f"test/{key}", value, record.get("epochs", self.last_epoch))
-        self.writer.close()
+            writer.add_scalar(f"test/{key}", value, record.get("epochs", self.last_epoch))
+        writer.close()
 
 
 def start(names, registry, run_dir, config):

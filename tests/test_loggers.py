@@ -86,3 +86,24 @@ def test_missing_package_or_unknown_logger_stops_before_training(plugin_dir, cli
     code, _, err = cli("run", str(plugin_dir), *GRID, "--log", "tensorbord")
     assert code == 2 and "unknown logger 'tensorbord'" in err and "did you mean 'tensorboard'" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_resumed_run_replaces_the_epochs_it_logs_again(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from kdbench.loggers import TensorBoardLogger
+
+    first = TensorBoardLogger(tmp_path)  # killed after epoch 3, checkpointed after epoch 2
+    first.start({"seed": 0})
+    for epoch in (1, 2, 3):
+        first.log_epoch({"epoch": epoch, "train_loss": float(epoch)})
+    first.writer.close()
+    resumed = TensorBoardLogger(tmp_path)
+    resumed.start({"seed": 0})
+    for epoch in (3, 4):
+        resumed.log_epoch({"epoch": epoch, "train_loss": 10.0 * epoch})
+    resumed.finish({"metrics": {"top1_best": 50.0}, "epochs": 4})
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
