@@ -26,6 +26,7 @@ import torch
 
 from kdbench import distributed, store
 from kdbench.errors import CheckpointError, ConfigError, NonFiniteLoss
+from kdbench.precision import autocast
 
 CHECKPOINT = "checkpoint.pt"
 CHECKSUM_HEADER = b"kdbench checkpoint sha256="  # first line of a checkpoint file; torch.save's bytes follow
@@ -56,13 +57,6 @@ def resolve_device(name):
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return distributed.device(torch.device(name))  # under DDP: this rank's own GPU
-
-
-def autocast(device, enabled):
-    """bf16 autocast on CUDA; a no-op on CPU (CPU bf16 is slower than fp32 for these models)."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def freeze(module):

@@ -4,7 +4,7 @@ import time
 
 import torch
 
-from kdbench.engine import autocast
+from kdbench.precision import autocast, dtype_name
 
 
 def count_params(module):
@@ -46,7 +46,7 @@ def speed(model, example_input, device, amp, cfg):
         "latency_ms": 1000.0 * latency,
         "throughput_batch": batch,
         "device_name": device_name(device),
-        "dtype": "bfloat16" if amp and device.type == "cuda" else "float32",
+        "dtype": dtype_name(device, amp),
         "threads": torch.get_num_threads(),
     }
 

@@ -157,7 +157,7 @@ def identity(cell, seed, registry, teacher_sha256, device_type, threads):
     (sha256; None without one), the fingerprints of the plugins that supply its components, and
     where it runs: the device type and, on CPU, the intra-op thread count (float sums depend on it;
     ``threads`` is the executor's count per cell, used when the cell leaves train.threads at 0)."""
-    from kdbench.experiment import config_hash
+    from kdbench.spec import config_hash
 
     threads = cell.config["train"]["threads"] or threads
     processes = distributed.world_size()  # DDP processes sharing each global batch
@@ -341,6 +341,7 @@ def train_job(job):
 def train_and_measure(job, on_epoch=None):
 
     from kdbench import engine, measure
+    from kdbench.precision import dtype_name
 
     if distributed.active() and distributed.is_main():
         distributed.broadcast(job)  # the other ranks train it with this one (see follow)
@@ -399,7 +400,7 @@ def train_and_measure(job, on_epoch=None):
         "train_time_s": result["train_time_s"],
         "epochs": result["epochs"],
         "steps_per_epoch": result["steps_per_epoch"],
-        "precision": "bfloat16" if config["train"]["amp"] and device.type == "cuda" else "float32",
+        "precision": dtype_name(device, config["train"]["amp"]),
         "device": str(device),
         "train_threads": threads,
     }
@@ -416,7 +417,7 @@ def follow(options):
 
 def teacher_params(registry, spec, data_info):
     from kdbench.measure import count_params
-    from kdbench.teachers import model_options
+    from kdbench.spec import model_options
 
     return count_params(registry.build_model("teachers", spec["model"], data_info, **model_options(spec)))
 

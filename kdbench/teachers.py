@@ -21,7 +21,7 @@ import torch
 
 from kdbench import engine, store
 from kdbench.errors import CheckpointError
-from kdbench.experiment import config_hash, resolve_teacher
+from kdbench.spec import config_hash, model_options, resolve_teacher
 from kdbench.measure import count_params
 
 CACHE_VERSION = 1
@@ -55,7 +55,7 @@ class TeacherCache:
         self.loaded = {}  # key -> Teacher, so a process verifies each teacher once
 
     def get(self, spec):
-        """The trained teacher for a full spec (see experiment.resolve_teacher). The caller's
+        """The trained teacher for a full spec (see spec.resolve_teacher). The caller's
         random streams are left as they were, whether the teacher was cached or trained."""
         with engine.preserved_rng():
             if spec.get("path"):
@@ -117,7 +117,7 @@ class TeacherCache:
             "train_time_s": result["train_time_s"], "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "torch": torch.__version__, "device": str(self.device),
         }
-        write_json_atomic(folder / META, meta)
+        store.write_json(folder / META, meta)
         shutil.rmtree(folder / "work", ignore_errors=True)
         return self.load_cached(spec, folder)
 
@@ -224,15 +224,3 @@ def download(url, sha256, folder, warn=print):
         finally:
             tmp.unlink(missing_ok=True)
     return dest
-
-
-def model_options(spec):
-    from kdbench.config import TeacherConfig
-    import dataclasses
-
-    fields = {f.name for f in dataclasses.fields(TeacherConfig)}
-    return {k: v for k, v in spec.items() if k not in fields}
-
-
-def write_json_atomic(path, payload):
-    store.write_bytes(path, json.dumps(payload, indent=2, sort_keys=True, default=str).encode())

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import THIRD_PARTY_TOML, write_plugin
+from conftest import write_plugin
 
 # A FitNets-style method through the public API only: features of both models, a trainable
 # regressor, a warm-up on ctx.epoch. Failures are injected through the environment, so a rerun of

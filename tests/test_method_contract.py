@@ -6,7 +6,6 @@ and torn down with no hook left on the teacher, its extras or any of the method'
 
 A method that is not an arm of its plugin's experiment must train the experiment's teacher
 ([teacher] method = ...); one that is neither is a failure here: give it an arm."""
-from pathlib import Path
 
 import pytest
 import torch
@@ -74,7 +73,7 @@ def cases():
 def run_spec(folder, name, tmp_path_factory):
     """(registry, prepare keyword arguments, teacher spec) for ``name`` from its experiment."""
     from kdbench import experiment
-    from kdbench.teachers import model_options
+    from kdbench.spec import model_options
 
     if folder is None:  # the built-ins, on the experiment above
         folder = write_plugin(tmp_path_factory.getbasetemp() / "builtin-contract", "", BUILTIN_TOML)
