@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 
 from kdbench import engine, store
-from kdbench.experiment import config_hash, resolve_teacher
 from kdbench.measure import count_params, device_name, synchronize
-from kdbench.teachers import META, WEIGHTS, default_cache_dir, model_options, teacher_key
+from kdbench.precision import autocast
+from kdbench.spec import config_hash, model_options, resolve_teacher
+from kdbench.teachers import META, WEIGHTS, default_cache_dir, teacher_key
 
 # A step is timed after one warm-up step (allocations, kernel selection), repeatedly until both
 # MIN_STEPS steps and MIN_SECONDS have been timed, or MAX_SECONDS have passed. A first step
@@ -123,7 +124,7 @@ def measure_steps(method, ctx):
 
     def step():
         start = time.perf_counter()
-        with engine.autocast(ctx.device, cfg["amp"]):
+        with autocast(ctx.device, cfg["amp"]):
             method.train_step(next(ctx.stream) if method.uses_data else None)
         ctx.global_step += 1
         synchronize(ctx.device)
