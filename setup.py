@@ -126,8 +126,8 @@ def optional_build(build_ext):
                 if _truthy(os.environ.get("KDBENCH_EXT_REQUIRED", "")):
                     raise
                 reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-                print(f"kdbench_ext: NOTICE: the fused loss op was not compiled ({reason}); "
-                      "kdbench will use its PyTorch reference losses", file=sys.stderr)
+                print(f"kdbench_ext: NOTICE: the fused loss op was not compiled ({reason}); kdbench will use its "
+                      "PyTorch reference losses (with a compiler, reinstall with --no-cache-dir)", file=sys.stderr)
 
     return OptionalBuildExtension
 

@@ -29,6 +29,11 @@ try:
     from . import _C  # noqa: F401  (loading the library registers the ops)
 except (ImportError, OSError) as exc:  # not built, or built for another torch
     _error = exc
+    from importlib.machinery import EXTENSION_SUFFIXES
+    from pathlib import Path
+
+    if not any((Path(__file__).parent / f"_C{suffix}").exists() for suffix in EXTENSION_SUFFIXES):
+        _error = ImportError("kdbench_ext._C was not built (installed without a working C++ compiler?)")
 
 
 def available() -> bool:
