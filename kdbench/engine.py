@@ -251,12 +251,16 @@ def load_data(registry, data_cfg, device):
 
 
 def check_data(registry, cells):
-    """Load every dataset a grid uses once, so a missing one stops it before any training."""
+    """Load every dataset a grid uses once and check its split sizes, so that a missing dataset or
+    a subset larger than the data stops the grid before any training."""
+    from kdbench.config import DataConfig
+    from kdbench.data.bundle import check_sizes
+
     for cell in cells:
         for cfg in (cell.config["data"], (cell.config["teacher"] or {}).get("data")):
             if cfg:
                 source = {k: v for k, v in cfg.items() if k in DATA_SOURCE_KEYS}
-                load_raw(registry, json.dumps(source, sort_keys=True))
+                check_sizes(load_raw(registry, json.dumps(source, sort_keys=True)), DataConfig(**cfg))
 
 
 def prepare(*, registry, role, model_spec, method_name, method_options, data_cfg, train_cfg, seed, device, run_dir, teacher=None, teacher_loader=None, ddp=False):

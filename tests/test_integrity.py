@@ -39,6 +39,8 @@ def nothing_trained(tmp_path):
     ("data.normalize=foo", "data.normalize = 'foo'; valid: standard, symmetric, unit"),
     ("train.milestones=1+x", "train.milestones = [1, 'x']; valid: epochs as integers >= 1"),
     ("data.val_size=0", "data.val_size = 0"),
+    ("data.train_subset=999999", "data.train_subset=999999 exceeds the 3600 training images of 'synthetic'"),
+    ("teacher.data.test_subset=5000", "data.test_subset=5000 exceeds the 1000 test images of 'synthetic'"),
     ("teacher.train.epochs=0", "invalid teacher.train.epochs = 0"),
     ("teacher.data.normalize=foo", "invalid teacher.data.normalize = 'foo'"),
     ("teacher.seed=-1", "invalid teacher.seed = -1"),

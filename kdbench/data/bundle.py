@@ -34,6 +34,24 @@ def random_ints(high, shape, generator, device):
     return torch.randint(high, shape, generator=generator, device=rng_device).to(device)
 
 
+def check_sizes(raw, cfg, train_subset=None):
+    """The split sizes of ``cfg`` fit the dataset ``raw`` (a one-line ConfigError otherwise)."""
+    train_subset = cfg.train_subset if train_subset is None else train_subset
+    n_train, n_test = len(raw.train_y), len(raw.test_y)
+    if not 0 <= cfg.val_size < n_train:
+        raise ConfigError(
+            f"data.val_size={cfg.val_size} must be >= 0 and leave training images of the {n_train} "
+            f"in {raw.name!r}; set --set data.val_size=N"
+        )
+    if not 0 <= train_subset <= n_train - cfg.val_size:
+        raise ConfigError(
+            f"data.train_subset={train_subset} exceeds the {n_train - cfg.val_size} training images of "
+            f"{raw.name!r} left after data.val_size={cfg.val_size} (0: all of them)"
+        )
+    if not 0 <= cfg.test_subset <= n_test:
+        raise ConfigError(f"data.test_subset={cfg.test_subset} exceeds the {n_test} test images of {raw.name!r}")
+
+
 class DataBundle:
     """The splits of one dataset on one device.
 
@@ -76,19 +94,8 @@ class DataBundle:
         ``train_subset`` overrides ``cfg.train_subset`` when given (0: all that remains after validation).
         """
         train_subset = cfg.train_subset if train_subset is None else train_subset
+        check_sizes(raw, cfg, train_subset)
         n_train, n_test = len(raw.train_y), len(raw.test_y)
-        if not 0 <= cfg.val_size < n_train:
-            raise ConfigError(
-                f"data.val_size={cfg.val_size} must be >= 0 and leave training images of the {n_train} "
-                f"in {raw.name!r}; set --set data.val_size=N"
-            )
-        if not 0 <= train_subset <= n_train - cfg.val_size:
-            raise ConfigError(
-                f"data.train_subset={train_subset} exceeds the {n_train - cfg.val_size} training images of "
-                f"{raw.name!r} left after data.val_size={cfg.val_size} (0: all of them)"
-            )
-        if not 0 <= cfg.test_subset <= n_test:
-            raise ConfigError(f"data.test_subset={cfg.test_subset} exceeds the {n_test} test images of {raw.name!r}")
 
         # One permutation per split, so a smaller subset is a prefix of a larger one.
         order = torch.randperm(n_train, generator=torch.Generator().manual_seed(cfg.split_seed))
