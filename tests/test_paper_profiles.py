@@ -49,7 +49,7 @@ def test_hinton_paper_on_cifar10(monkeypatch, tmp_path, capsys):
     for r in records:
         check_record(r)
         assert r["config"]["data"]["name"] == "cifar10" and r["config"]["data"]["augment"] == ["hflip", "vflip"]
-        assert r["student"]["params"] == 114_186  # the seed's 3-block CNN
+        assert r["student"]["params"] == 114_186  # the source's 3-block CNN
         assert r["teacher"]["model"] == "vgg19-bn-torchvision" and r["teacher"]["params"] == 20_286_282
     hinton = next(r for r in records if r["method"] == "hinton")
     assert hinton["teacher"]["metrics"]["top1"] is not None  # the cached teacher, measured on the test set

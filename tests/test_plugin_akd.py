@@ -1,5 +1,5 @@
-"""plugins/akd (seed 001, data-free adversarial KD): the seed's architectures and parameter counts,
-the paper profile's grid and its seed variant on CPU (the whole profile end to end is in
+"""plugins/akd (source 001, data-free adversarial KD): the source's architectures and parameter counts,
+the paper profile's grid and its source variant on CPU (the whole profile end to end is in
 test_paper_profiles.py), the method's mechanics, and the quick profile's effect (the data-free student beats the RANDOM-input baseline)."""
 import json
 
@@ -29,7 +29,7 @@ def test_paper_students_are_resnet18_8x_and_its_half_width_small(registry, no_on
     students = {json.dumps(c.config["student"], sort_keys=True): c.config["student"] for c in cells}
     counts = sorted(count(registry.build_model("students", s["model"], CIFAR100, **{k: v for k, v in s.items() if k != "model"}))
                     for s in students.values())
-    assert counts == [2_820_740, 11_220_132]  # ResNet18_8x_Small, ResNet18_8x (the seed's README, exact)
+    assert counts == [2_820_740, 11_220_132]  # ResNet18_8x_Small, ResNet18_8x (the source's README, exact)
 
 
 def test_generator_a_matches_dfad_and_standardises_its_batches(registry, no_onednn):
@@ -46,9 +46,9 @@ def test_generator_a_matches_dfad_and_standardises_its_batches(registry, no_oned
     assert count(small) == 82_817  # the quick profile's generator (README)
 
 
-def test_seed_teacher_is_torchvision_resnet34_fed_224_pixels(registry, no_onednn):
+def test_source_teacher_is_torchvision_resnet34_fed_224_pixels(registry, no_onednn):
     teacher = registry.build_model("teachers", "resnet34-imagenet", CIFAR100)
-    assert count(teacher) == 21_335_972  # the seed's README: 21.336 M
+    assert count(teacher) == 21_335_972  # the source's README: 21.336 M
     seen = []
     teacher.model.conv1.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[-1]))
     teacher.eval()
@@ -58,10 +58,10 @@ def test_seed_teacher_is_torchvision_resnet34_fed_224_pixels(registry, no_onednn
 
 
 # ------------------------------------------------------------------------------------------------
-# The paper profile: its grid, and the seed variant on CPU (the rest: test_paper_profiles.py)
+# The paper profile: its grid, and the source variant on CPU (the rest: test_paper_profiles.py)
 
 
-def test_paper_grid_expands_with_the_seeds_settings(registry):
+def test_paper_grid_expands_with_the_sources_settings(registry):
     cells, seeds, profile = experiment.expand(PLUGIN, registry, grid=["students=50,20"], profile="paper")
     assert profile == "paper" and seeds == [0, 1]
     assert sorted(c.method for c in cells) == ["akd", "akd", "akd-kd-real", "akd-kd-real", "akd-random", "akd-random"]
@@ -74,15 +74,15 @@ def test_paper_grid_expands_with_the_seeds_settings(registry):
     assert {k: cfg["method"][k] for k in ("student_steps", "generator_steps", "nz", "ngf", "lr_g", "peer")} == {
         "student_steps": 15, "generator_steps": 1, "nz": 100, "ngf": 64, "lr_g": 1e-3, "peer": {}}
 
-    seed_cells, _, _ = experiment.expand(PLUGIN, registry, grid=["variant=seed"], profile="paper")
-    seed = next(c for c in seed_cells if c.method == "akd").config
-    assert seed["teacher"]["model"] == "resnet34-imagenet"
-    assert seed["student"] == {"model": "resnet18", "width": 1.0}
-    assert seed["method"]["peer"] == {"model": "resnet18", "width": 0.5}
+    source_cells, _, _ = experiment.expand(PLUGIN, registry, grid=["variant=source"], profile="paper")
+    source = next(c for c in source_cells if c.method == "akd").config
+    assert source["teacher"]["model"] == "resnet34-imagenet"
+    assert source["student"] == {"model": "resnet18", "width": 1.0}
+    assert source["method"]["peer"] == {"model": "resnet18", "width": 0.5}
 
 
-def test_paper_seed_variant_trains_both_students_against_one_generator(monkeypatch, tmp_path, capsys):
-    """variant=seed on a CIFAR-100 copy in the real format (the rest of the paper profile runs in
+def test_paper_source_variant_trains_both_students_against_one_generator(monkeypatch, tmp_path, capsys):
+    """variant=source on a CIFAR-100 copy in the real format (the rest of the paper profile runs in
     test_paper_profiles.py). The 224x224 teacher is the expensive part: the wiring is checked with
     a 32x32 input size."""
     from kdbench.cli import main
@@ -92,7 +92,7 @@ def test_paper_seed_variant_trains_both_students_against_one_generator(monkeypat
             "teacher.train.epochs=1", "teacher.train.steps_per_epoch=1", "teacher.train.batch_size=8",
             "teacher.model=resnet34-imagenet", "teacher.input_size=32", f"data.root={tmp_path / 'data'}", "data.val_size=8",
             "measure.throughput_batch=2", "measure.throughput_repeats=1", "measure.latency_repeats=1", "measure.warmup=0"]
-    code = main(["run", str(PLUGIN), "--profile", "paper", "--grid", "variant=seed", "--grid", "method=akd", "--seeds", "0",
+    code = main(["run", str(PLUGIN), "--profile", "paper", "--grid", "variant=source", "--grid", "method=akd", "--seeds", "0",
                  "--device", "cpu", "--out", str(tmp_path / "runs"), "--cache", str(tmp_path / "cache"),
                  *[x for s in sets for x in ("--set", s)]])
     assert code == 0, capsys.readouterr().err[-2000:]

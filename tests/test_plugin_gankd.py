@@ -1,4 +1,4 @@
-"""plugins/gankd (seed 002, GAN knowledge distillation): the reconstructed generators' parameter
+"""plugins/gankd (source 002, GAN knowledge distillation): the reconstructed generators' parameter
 counts (Keras-style and PyTorch), the metrics, and a real test-sized experiment through the
 command line: teacher GAN, feature classifier, 2 arms x 2 seeds, leaderboard."""
 import json
@@ -20,7 +20,7 @@ QUICK_STUDENT = dict(nz=32, width=0.25, dense_bn="channels")
 # -- models -----------------------------------------------------------------------------------
 
 
-def test_seed_generators_match_the_readme_counts_as_keras_counts_them():
+def test_source_generators_match_the_readme_counts_as_keras_counts_them():
     teacher, student = models.dcgan_teacher(), models.dcgan_student()
     # README: teacher 1,961,728 and student 784,640 parameters (Keras count_params: BN moving stats included)
     assert models.keras_param_count(teacher) == 1_961_728
@@ -30,7 +30,7 @@ def test_seed_generators_match_the_readme_counts_as_keras_counts_them():
     assert models.trainable_param_count(student) == 771_968
 
 
-def test_seed_generator_layers():
+def test_source_generator_layers():
     teacher = models.dcgan_teacher()
     assert teacher.dense.weight.shape == (7 * 7 * 256, 100) and teacher.dense.bias is None
     assert isinstance(teacher.dense_norm, torch.nn.BatchNorm1d)  # per feature, before the reshape (Keras)
@@ -194,10 +194,10 @@ def test_quick_leaderboard_ranks_generators_by_fd_lower_first(quick):
     assert len(fds) == 2 and fds == sorted(fds)  # students ranked by fd, lower first
 
 
-# -- the paper profile: the seed's own generators, expanded (run end to end in test_paper_profiles.py) --
+# -- the paper profile: the source's own generators, expanded (run end to end in test_paper_profiles.py) --
 
 
-def test_paper_profile_expands_to_the_seed_models():
+def test_paper_profile_expands_to_the_source_models():
     from kdbench import experiment, runner
 
     registry = runner.registry_for((str(PLUGIN),), True)

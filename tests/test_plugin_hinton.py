@@ -1,4 +1,4 @@
-"""plugins/hinton (seed 003, Hinton KD): the seed's student and teacher and their parameter counts,
+"""plugins/hinton (source 003, Hinton KD): the source's student and teacher and their parameter counts,
 the loss against a hand computation, the paper profile's grid (run end to end in
 test_paper_profiles.py), and the quick profile's effect (the distilled student beats the one trained from labels)."""
 import json
@@ -21,9 +21,9 @@ def registry():
     return runner.registry_for((str(PLUGIN),), False)  # the registry run_job uses
 
 
-def test_seed_student_and_teacher_have_the_seeds_parameter_counts(registry, no_onednn):
+def test_source_student_and_teacher_have_the_sources_parameter_counts(registry, no_onednn):
     student = registry.build_model("students", "hinton-cnn", CIFAR10)
-    assert count(student) == 114_186  # the seed's StudentModel (and its committed checkpoint)
+    assert count(student) == 114_186  # the source's StudentModel (and its committed checkpoint)
     assert student(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     # Conv-ReLU-MaxPool-BN, in that order, three times
     kinds = [type(m).__name__ for m in student.main]
@@ -35,7 +35,7 @@ def test_seed_student_and_teacher_have_the_seeds_parameter_counts(registry, no_o
         torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
 
-def test_loss_is_the_seeds_formula_and_the_teacher_gets_no_gradient(registry, tmp_path):
+def test_loss_is_the_sources_formula_and_the_teacher_gets_no_gradient(registry, tmp_path):
     from kdbench.config import DataConfig, TrainConfig
     from kdbench.data import DataBundle
     from kdbench.engine import Context, Teacher, build_method
@@ -64,7 +64,7 @@ def test_loss_is_the_seeds_formula_and_the_teacher_gets_no_gradient(registry, tm
     assert not teacher.model.training
 
 
-def test_paper_grid_is_the_seeds_table(registry):
+def test_paper_grid_is_the_sources_table(registry):
     cells, seeds, profile = experiment.expand(PLUGIN, registry, grid=["temperature=5,20"], profile="paper")
     assert profile == "paper" and seeds == [0, 1]
     assert [(c.method, c.config["method"].get("temperature")) for c in cells] == [("scratch", None), ("hinton", 5.0), ("hinton", 20.0)]

@@ -1,4 +1,4 @@
-"""plugins/vkd (seed 000, Virtual Knowledge Distillation via a conditional GAN): the notebook's
+"""plugins/vkd (source 000, Virtual Knowledge Distillation via a conditional GAN): the notebook's
 cGAN sizes, the VKD loss, the paper profile (expanded, built, one step at a tiny size on CPU,
 not trained), and a real quick experiment: VKD alone against scratch over 2 seeds."""
 import json

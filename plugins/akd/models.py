@@ -1,4 +1,4 @@
-"""Architectures of the AKD seed (001) that the built-in zoo does not have.
+"""Architectures of the AKD source (001) that the built-in zoo does not have.
 
 - ``generator_a``: DFAD's ``GeneratorA`` (VainF/Data-Free-Adversarial-Distillation, network/gan.py),
   which AKD imports but never committed. latent z -> Linear(nz, 2*ngf*(s/4)^2) -> BN ->
@@ -6,8 +6,8 @@
   -> conv3x3(ngf, nc) -> Tanh -> BatchNorm2d(nc, affine=False). The last BN standardises every
   generated batch, so its images live in the same (normalised) space as real inputs. With nz=100,
   ngf=64, nc=3 and 32x32 images it has 1,051,139 parameters (DFAD's CIFAR default nz=256: 2,329,091).
-- ``resnet34_imagenet``: the seed's teacher, torchvision ``resnet34(num_classes=...)`` with its
-  ImageNet stem (7x7/2 conv + max-pool), 21,335,972 parameters on CIFAR-100. The seed feeds it the
+- ``resnet34_imagenet``: the source's teacher, torchvision ``resnet34(num_classes=...)`` with its
+  ImageNet stem (7x7/2 conv + max-pool), 21,335,972 parameters on CIFAR-100. The source feeds it the
   32x32 generated images bilinearly resized to 224x224 (``align_corners=True``); here the resize is
   part of the model (``input_size``, 0 = none), so the teacher is trained by the cache on the same
   upsampled view it is later distilled from.
@@ -58,7 +58,7 @@ def generator_a(in_channels: int = 3, image_size: int = 32, nz: int = 100, ngf: 
 
 
 class Upsampled(nn.Module):
-    """Resize the input bilinearly (align_corners=True, as the seed does) before ``model``."""
+    """Resize the input bilinearly (align_corners=True, as the source does) before ``model``."""
 
     def __init__(self, model, size):
         super().__init__()

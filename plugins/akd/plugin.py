@@ -1,6 +1,6 @@
-"""AKD: data-free adversarial knowledge distillation (seed 001, the DFAD algorithm).
+"""AKD: data-free adversarial knowledge distillation (source 001, the DFAD algorithm).
 
-One ``train_step`` is one outer iteration of the seed's ``train_epoch`` loop:
+One ``train_step`` is one outer iteration of the source's ``train_epoch`` loop:
 
 - ``student_steps`` (15) student updates, each on a fresh batch ``x = G(z)`` (no gradient to G):
   loss_S = L1(student(x), teacher(x)), the mean absolute logit difference; SGD from ``[train]``;
@@ -12,9 +12,9 @@ No real training image reaches the student or the generator. Baselines, same loo
 ``akd-random`` (the student on Gaussian-noise images, DFAD's RANDOM row) and ``akd-kd-real``
 (the same L1 logit matching on real training images: the upper bound, DFAD's KD-ORI row).
 
-``peer`` (the seed's "one generator shared by the students"): a second student spec, e.g.
+``peer`` (the source's "one generator shared by the students"): a second student spec, e.g.
 ``{model = "resnet18", width = 0.5}``, trained in the same cell against the same generator and
-Adam, after the main student in every epoch, as the seed's ``train_epoch(student_50);
+Adam, after the main student in every epoch, as the source's ``train_epoch(student_50);
 train_epoch(student_20)`` does. Its test accuracy is reported as ``peer_top1``/``peer_top5``;
 "best" is the peer at the epoch the engine chose on the main student's validation accuracy (the
 engine snapshots every module there).
@@ -43,7 +43,7 @@ class AKDConfig:
     nz: int = 100  # latent size (AKD; DFAD's CIFAR script uses 256)
     generator: str = "akd-generator-a"  # a registered generator taking nz and ngf
     ngf: int = 64
-    lr_g: float = 1e-3  # Adam, default betas, no weight decay (the seed's optim.Adam(G, lr_G))
+    lr_g: float = 1e-3  # Adam, default betas, no weight decay (the source's optim.Adam(G, lr_G))
     peer: dict = field(default_factory=dict)  # {} = a generator per student (DFAD); see the module doc
 
     def __post_init__(self):
@@ -97,7 +97,7 @@ class AKD(Method):
     def iteration(self, student, optimizer):
         for _ in range(self.config.student_steps):
             with torch.no_grad():
-                images = self.generator(self.noise())  # G in train mode (batch statistics), as the seed
+                images = self.generator(self.noise())  # G in train mode (batch statistics), as the source
                 target = self.teacher(images)
             loss_s = F.l1_loss(student(images), target)
             self.ctx.step(optimizer, loss_s)
@@ -119,7 +119,7 @@ class AKD(Method):
         return self.iteration(self.student, self.optimizer)
 
     def end_epoch(self, epoch):
-        if self.peer is not None:  # the seed's order: a whole epoch of the first student, then the second
+        if self.peer is not None:  # the source's order: a whole epoch of the first student, then the second
             for _ in range(self.ctx.train["steps_per_epoch"]):
                 self.iteration(self.peer, self.peer_opt)
 

@@ -1,4 +1,4 @@
-"""Generator metrics (seed 002 defines none): Frechet distance in a small classifier's feature
+"""Generator metrics (source 002 defines none): Frechet distance in a small classifier's feature
 space, class coverage, and pixel MSE to the teacher for the same noise.
 
 The Frechet distance is FID's formula, ||mu_r - mu_g||^2 + Tr(S_r + S_g - 2 (S_r S_g)^(1/2)),

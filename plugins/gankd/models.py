@@ -1,6 +1,6 @@
-"""DCGAN generators and discriminator for GAN knowledge distillation (seed 002).
+"""DCGAN generators and discriminator for GAN knowledge distillation (source 002).
 
-The seed's code is lost; its README gives the layer outline and two parameter counts (teacher
+The source's code is lost; its README gives the layer outline and two parameter counts (teacher
 1,961,728, student 784,640), which Keras ``count_params()`` reproduces exactly for the generators
 alone with noise dim 100, a bias-free Dense, BatchNorm on the Dense output (Keras counts its moving
 mean and variance too), bias-free 4x4 ``Conv2DTranspose`` layers each followed by BatchNorm, and a
@@ -42,7 +42,7 @@ class DCGANGenerator(nn.Module):
 
     ``channels`` are the Dense output channels and then each hidden ConvT's; ``strides`` are the
     strides of the hidden ConvTs and then the output ConvT's. ``dense_bn="features"`` normalises the
-    Dense output per feature before the reshape (Keras, as in the seed); ``"channels"`` per channel
+    Dense output per feature before the reshape (Keras, as in the source); ``"channels"`` per channel
     after it (a BatchNorm2d: far fewer parameters, used by the scaled CPU models).
     """
 
@@ -95,13 +95,13 @@ def scaled(c, width):
 
 
 def dcgan_teacher(nz=100, width=1.0, kernel=4, kernel_s1=4, dense_bn="features", image_size=28, in_channels=1):
-    """The seed's teacher generator (width 1: 1,961,728 Keras parameters)."""
+    """The source's teacher generator (width 1: 1,961,728 Keras parameters)."""
     return DCGANGenerator(nz, [scaled(c, width) for c in (256, 128, 64)], [1, 2, 2], kernel, kernel_s1,
                           image_size, in_channels, dense_bn)
 
 
 def dcgan_student(nz=100, width=1.0, kernel=4, dense_bn="features", image_size=28, in_channels=1):
-    """The seed's student generator (width 1: 784,640 Keras parameters)."""
+    """The source's student generator (width 1: 784,640 Keras parameters)."""
     return DCGANGenerator(nz, [scaled(c, width) for c in (128, 64)], [2, 2], kernel, kernel, image_size,
                           in_channels, dense_bn)
 
@@ -109,7 +109,7 @@ def dcgan_student(nz=100, width=1.0, kernel=4, dense_bn="features", image_size=2
 class Discriminator(nn.Module):
     """Conv(w, k, s2) -> LReLU -> Dropout -> Conv(2w, k, s2) -> LReLU -> Dropout -> Dense 1 (a logit).
 
-    The TensorFlow DCGAN tutorial's discriminator has w = 64, k = 5 (the seed's "2 convolutional
+    The TensorFlow DCGAN tutorial's discriminator has w = 64, k = 5 (the source's "2 convolutional
     layers + Dense"; its exact widths are unknown); the scaled CPU one has w = 16, k = 4.
     """
 

@@ -1,17 +1,17 @@
-"""GAN knowledge distillation (seed 002): a DCGAN teacher generator distilled into a smaller
+"""GAN knowledge distillation (source 002): a DCGAN teacher generator distilled into a smaller
 student generator.
 
 Methods (all train a generator: ``student_kind = "generator"``, ranked by the Frechet distance):
     dcgan    adversarial DCGAN training from the data alone (needs no teacher): how the teacher
              generator is trained, as ``[teacher] method = "dcgan"``.
-    gankd    the seed's student: G loss = 0.5 * BCE(D(G(z)), 1) + 0.5 * MSE between the student's
+    gankd    the source's student: G loss = 0.5 * BCE(D(G(z)), 1) + 0.5 * MSE between the student's
              and the teacher's intermediate outputs of the same shape for the same z; D sees real
              images and student images, BCE(D(x), 1) + BCE(D(G(z)), 0). One D step then one G step
              per batch.
-    gan-adv  the baseline the seed lacks: the same student trained adversarially only (dcgan's
+    gan-adv  the baseline the source lacks: the same student trained adversarially only (dcgan's
              losses); it loads the teacher only to measure how far it lands from it.
 
-Metrics (the seed has none; see metrics.py): ``fd`` (Frechet distance in the penultimate features
+Metrics (the source has none; see metrics.py): ``fd`` (Frechet distance in the penultimate features
 of a small classifier trained once on the same data and cached like a teacher, lower is better,
 the selection metric), ``real_fd`` (the same distance between two real sets: the floor), ``coverage``
 (entropy of the predicted-class histogram over log C), ``mse_teacher`` (pixel MSE to the teacher's
@@ -66,7 +66,7 @@ class GANConfig:
 
 @dataclass
 class GANKDConfig(GANConfig):
-    adv_weight: float = 0.5  # the seed: 0.5 * adversarial + 0.5 * distillation
+    adv_weight: float = 0.5  # the source: 0.5 * adversarial + 0.5 * distillation
     distill_weight: float = 0.5
     match: str = "last"  # which same-shape hidden pairs to match: last (the deepest) | all
 
@@ -203,7 +203,7 @@ class GANAdversarialOnly(DCGAN):
 
 
 class GANKD(DCGAN):
-    """The seed's GAN-KD student: 0.5 * adversarial + 0.5 * intermediate-output MSE to the teacher."""
+    """The source's GAN-KD student: 0.5 * adversarial + 0.5 * intermediate-output MSE to the teacher."""
 
     Config = GANKDConfig
     needs_teacher = True
@@ -254,8 +254,8 @@ def matched_pairs(student, teacher, device, match):
 
 @kdbench.hookimpl
 def kdbench_register_generators(register):
-    register("dcgan-teacher", dcgan_teacher, description="seed 002 teacher G: Dense 7x7x256, ConvT 128 (s1), 64 (s2), 1 (s2)")
-    register("dcgan-student", dcgan_student, description="seed 002 student G: Dense 7x7x128, ConvT 64 (s2), 1 (s2)")
+    register("dcgan-teacher", dcgan_teacher, description="source 002 teacher G: Dense 7x7x256, ConvT 128 (s1), 64 (s2), 1 (s2)")
+    register("dcgan-student", dcgan_student, description="source 002 student G: Dense 7x7x128, ConvT 64 (s2), 1 (s2)")
 
 
 @kdbench.hookimpl

@@ -1,11 +1,11 @@
-"""Hinton KD (seed 003): the student matches the teacher's temperature-softened outputs and the labels.
+"""Hinton KD (source 003): the student matches the teacher's temperature-softened outputs and the labels.
 
     loss = (1 - alpha) * T^2 * KL(softmax(t / T) || softmax(s / T)) + alpha * CE(s, y)
 
-with the seed's alpha = 0.2 (so the KL term carries 0.8 * T^2) and T = 5 (the README's second row:
+with the source's alpha = 0.2 (so the KL term carries 0.8 * T^2) and T = 5 (the README's second row:
 T = 20). The loss is the built-in ``kd`` method's (``kdbench.method.KD``), whose KL goes through
 ``kdbench.losses.kd_kl_loss`` (batchmean, T^2 included); only the defaults are the source's. Unlike
-the seed, the teacher runs in eval mode without autograd (``ctx.teacher`` is frozen, under ``no_grad``).
+the source, the teacher runs in eval mode without autograd (``ctx.teacher`` is frozen, under ``no_grad``).
 """
 from dataclasses import dataclass
 
@@ -18,7 +18,7 @@ from .models import hinton_cnn, vgg19_bn_torchvision
 
 @dataclass
 class HintonConfig:
-    temperature: float = 5.0  # the seed's config default; its README also reports T = 20
+    temperature: float = 5.0  # the source's config default; its README also reports T = 20
     alpha: float = 0.2  # weight of the label loss; the KL term gets (1 - alpha)
 
     def __post_init__(self):
@@ -40,10 +40,10 @@ def kdbench_register_methods(register):
 
 @kdbench.hookimpl
 def kdbench_register_students(register):
-    register("hinton-cnn", hinton_cnn, description="seed 003's 3-block CNN student (114,186 params on CIFAR-10)")
+    register("hinton-cnn", hinton_cnn, description="source 003's 3-block CNN student (114,186 params on CIFAR-10)")
 
 
 @kdbench.hookimpl
 def kdbench_register_teachers(register):
     register("vgg19-bn-torchvision", vgg19_bn_torchvision,
-             description="torchvision VGG19-BN with one Linear(25,088) head (seed 003's teacher)")
+             description="torchvision VGG19-BN with one Linear(25,088) head (source 003's teacher)")

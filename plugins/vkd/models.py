@@ -1,4 +1,4 @@
-"""The conditional GAN of Virtual Knowledge Distillation (seed 000): a knowledge generator G(z, y)
+"""The conditional GAN of Virtual Knowledge Distillation (source 000): a knowledge generator G(z, y)
 that emits a class-probability vector, and a discriminator D(k, y).
 
 As in the notebook (Kim, IEEE Access 2022, re-implemented): the label enters through a learned

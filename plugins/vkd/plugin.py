@@ -1,4 +1,4 @@
-"""Virtual Knowledge Distillation via a conditional GAN (seed 000; Kim, IEEE Access 2022).
+"""Virtual Knowledge Distillation via a conditional GAN (source 000; Kim, IEEE Access 2022).
 
 A knowledge generator G(z, y) learns to emit what the teacher's softened output (T = 4) looks like
 for a class; a discriminator D(k, y) tells the teacher's softened outputs from G's. The student
