@@ -28,6 +28,7 @@ def build_parser():
     run.add_argument("--teacher", default="", metavar="PATH|URL#sha256=HEX", help="use this teacher checkpoint instead of the cache, or download it (verified against its SHA-256)")
     run.add_argument("--force", action="store_true", help="redo finished runs")
     run.add_argument("--ddp", type=int, default=0, metavar="N", help="train each cell with DistributedDataParallel over N processes (starts torchrun; one per GPU, or gloo on CPU)")
+    run.add_argument("--workers", type=int, default=1, metavar="N", help="run N cells at once in spawned processes, the CPU threads split between them (default 1: one after another in this process)")
     run.add_argument("--keep-stale", action="store_true", help="keep finished runs whose code or teacher changed (marked stale) instead of rerunning them")
     run.add_argument("--log", action="append", default=[], dest="loggers", metavar="LOGGER", help="also log every run to this tracker: tensorboard, or one a plugin registers (repeatable; see list loggers)")
     run.add_argument("--dry-run", action="store_true", help="print the cells, teachers, parameters and a timed estimate of the wall time, then stop (trains nothing, writes nothing)")
@@ -197,9 +198,10 @@ def run_grid(args):
         return 0
     if not teacher_path:  # a wrong hash or an unreachable server stops here, before any training
         runner.download_teachers(cells, args.cache)
+    executor = make_executor(args)
     print(f"kdbench: {cells[0].experiment} ({profile or 'no'} profile): {len(cells)} cell(s) x {len(seeds)} seed(s) -> {args.out}")
     try:
-        records, all_ok = runner.run_grid(cells, seeds, options)
+        records, all_ok = runner.run_grid(cells, seeds, options, executor)
     finally:
         if distributed.active():
             distributed.broadcast(None)  # the other ranks stop
@@ -223,6 +225,16 @@ def teacher_url_sets(value):
     if not marker or not sha256:
         raise ConfigError(f"--teacher {value}: a teacher URL needs its hash, as --teacher URL#sha256=HEX")
     return [f"teacher.url={url}", f"teacher.sha256={sha256}"]
+
+
+def make_executor(args):
+    from kdbench import distributed, executors
+
+    if args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: give a number of processes >= 1")
+    if args.workers > 1 and distributed.launched():
+        raise ConfigError("--workers does not combine with --ddp (each cell already trains on several processes)")
+    return executors.ProcessExecutor(args.workers) if args.workers > 1 else executors.LocalExecutor()
 
 
 def cmd_list(args):

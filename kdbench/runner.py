@@ -7,6 +7,7 @@ import collections
 import dataclasses
 import functools
 import json
+import os
 import platform
 import socket
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from kdbench import distributed, store
 from kdbench.errors import CheckpointError, KDBenchError
+from kdbench.executors import WorkerLost
 
 
 @dataclasses.dataclass
@@ -64,15 +66,21 @@ def run_grid(cells, seeds, options, executor=None, log=print):
 
     executor = executor or LocalExecutor()
     jobs, records = plan(cells, seeds, options, executor, log)
+    progress = GridProgress(len(jobs))
+    log = progress.wrap(log)
     all_ok, count, pending = True, 0, jobs
     while pending:
         busy = []
         for job, record in executor.map(run_job, pending):
+            if isinstance(record, WorkerLost):  # recorded here, as its own process would have
+                record = record_base(job) | {"status": "failed", "error": f"WorkerLost: {record}"}
+                store.write_record(job.folder, record)
             if record is None:
                 log(f"kdbench: {job.cell.name} seed {job.seed}: another process is running it; skipped for now")
                 busy.append(job)
                 continue
             count += 1
+            progress.update(count)
             records.append(record)
             if record["status"] == "ok":
                 log(f"[{count}/{len(jobs)}] {job.cell.name} seed {job.seed}: {headline(record)}")
@@ -88,9 +96,57 @@ def run_grid(cells, seeds, options, executor=None, log=print):
                 pending.append(job)  # it stopped without finishing: run it here
                 continue
             count += 1
+            progress.update(count)
             records.append(record)
             log(f"[{count}/{len(jobs)}] {job.cell.name} seed {job.seed}: finished by another process: {headline(record)}")
+    progress.close()
     return records, all_ok and all(r["status"] == "ok" for r in records)
+
+
+class GridProgress:
+    """On a terminal (stderr, unless KDBENCH_QUIET), one line for the whole grid, updated as each
+    run finishes: "[7/18 runs] 2m13s elapsed, ~3m40s left". Runs' own bars show below it."""
+
+    def __init__(self, total):
+        self.total, self.started, self.bar = total, time.monotonic(), None
+        if total and sys.stderr.isatty() and not os.environ.get("KDBENCH_QUIET"):
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, bar_format="{desc}", file=sys.stderr, dynamic_ncols=True)
+            self.update(0)
+
+    def update(self, done):
+        if self.bar is not None:
+            self.bar.set_description_str(progress_line(done, self.total, time.monotonic() - self.started))
+
+    def wrap(self, log):
+        """``log``, printing above the progress line instead of through it."""
+        if self.bar is None:
+            return log
+
+        def write(message):
+            with self.bar.external_write_mode():
+                log(message)
+
+        return write
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def progress_line(done, total, elapsed):
+    left = f"~{duration(elapsed / done * (total - done))} left" if done else "time left: after the first run"
+    return f"[{done}/{total} runs] {duration(elapsed)} elapsed, {left}"
+
+
+def duration(seconds):
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
 
 
 def finished_record(job, log=print):
@@ -232,6 +288,8 @@ def resolve_teachers(cells, options, executor, log):
     hashes, failed = {}, set()
     for job, result in executor.map(teacher_checksum, jobs):
         ids = users[json.dumps(job.spec, sort_keys=True, default=str)]
+        if isinstance(result, WorkerLost):
+            result = {"error": f"teacher {job.spec['model']}: WorkerLost: {result}"}
         if "sha256" in result:
             hashes.update(dict.fromkeys(ids, result["sha256"]))
         elif options.teacher_path:  # the user's file: bad input stops the grid before training
@@ -305,11 +363,7 @@ def train_job(job):
     """Train and measure one (cell, seed); always returns a record, failed or ok."""
     started = time.time()
     folder = job.folder
-    base = {
-        "experiment": job.cell.experiment, "cell_id": job.cell.id, "cell_name": job.cell.name,
-        "labels": job.cell.labels, "method": job.cell.method, "baseline": job.cell.baseline, "seed": job.seed, "config": job.cell.config,
-        "run_dir": str(folder), "identity": job.identity, "provenance": provenance(job.options),
-    }
+    base = record_base(job)
     previous = store.read_json(folder / store.CONFIG)
     if job.identity and previous and previous.get("identity") != job.identity:
         from kdbench.engine import CHECKPOINT
@@ -336,6 +390,15 @@ def train_job(job):
     record["provenance"] = base["provenance"] | result.get("provenance", {}) | {"wall_time_s": time.time() - started}
     loggers.finish(run_loggers, record)
     return record
+
+
+def record_base(job):
+    """What every record of ``job`` says, finished or failed."""
+    return {
+        "experiment": job.cell.experiment, "cell_id": job.cell.id, "cell_name": job.cell.name,
+        "labels": job.cell.labels, "method": job.cell.method, "baseline": job.cell.baseline, "seed": job.seed, "config": job.cell.config,
+        "run_dir": str(job.folder), "identity": job.identity, "provenance": provenance(job.options),
+    }
 
 
 def train_and_measure(job, on_epoch=None):

@@ -1,0 +1,71 @@
+"""The local parallel executor (--workers N): spawned processes give the same records as the
+sequential executor; a worker that dies costs only its job (tried once more)."""
+import json
+from pathlib import Path
+
+from conftest import THIRD_PARTY_PLUGIN, THIRD_PARTY_TOML, write_plugin
+
+# threads pinned: a run's float sums depend on its thread count, and so does its identity
+GRID = ["--grid", "temperature=8", "--seeds", "0,1", "--set", "train.threads=1", "--set", "train.epochs=2",
+        "--set", "teacher.train.epochs=1"]
+
+
+def runs(out):
+    """(cell, seed) -> (metrics, history, identity) of every record under ``out``."""
+    found = {}
+    for path in Path(out).rglob("record.json"):
+        record = json.loads(path.read_text())
+        found[record["cell_name"], record["seed"]] = (record["metrics"], (path.parent / "history.jsonl").read_text(), record["identity"])
+    return found
+
+
+def test_workers_give_the_sequential_records(tmp_path):
+    from kdbench.cli import main
+
+    folder = write_plugin(tmp_path / "softkd")
+    cache = ["--cache", str(tmp_path / "cache")]
+    assert main(["run", str(folder), *GRID, *cache, "--out", str(tmp_path / "one")]) == 0
+    assert main(["run", str(folder), *GRID, *cache, "--out", str(tmp_path / "two"), "--workers", "2"]) == 0
+    one, two = runs(tmp_path / "one"), runs(tmp_path / "two")
+    assert len(one) == 4 and one == two
+
+
+# a method whose process dies in its first step: always, or only the first time (a marker file)
+DYING = THIRD_PARTY_PLUGIN + '''
+
+class Dying(SoftKD):
+    def train_step(self, batch):
+        import os, signal
+        from pathlib import Path
+
+        marker = Path(os.environ["DYING_MARKER"])
+        if self.config.temperature == 2.0 or not marker.exists():
+            marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().train_step(batch)
+
+
+@kdbench.hookimpl(specname="kdbench_register_methods")
+def register_dying(register):
+    register("dying", Dying)
+'''
+
+
+def test_a_killed_worker_fails_only_its_job_after_one_more_try(tmp_path, monkeypatch, cli):
+    monkeypatch.setenv("DYING_MARKER", str(tmp_path / "died-once"))
+    folder = write_plugin(tmp_path / "softkd", plugin=DYING, toml=THIRD_PARTY_TOML.replace('"soft-kd"]', '"soft-kd", "dying"]'))
+    code, out, err = cli("run", str(folder), "--grid", "method=scratch,dying", "--grid", "temperature=2,8", "--seeds", "0",
+                         "--set", "train.threads=1", "--set", "train.epochs=1", "--set", "teacher.train.epochs=1", "--workers", "2")
+    assert code == 1, err
+    records = {(r["method"], r["labels"].get("temperature")): r for r in map(json.loads, map(Path.read_text, (tmp_path / "runs").rglob("record.json")))}
+    assert records["scratch", None]["status"] == "ok"
+    assert records["dying", "8"]["status"] == "ok"  # killed once, then run again
+    assert records["dying", "2"]["status"] == "failed" and "WorkerLost" in records["dying", "2"]["error"]
+
+
+def test_grid_progress_line():
+    from kdbench.runner import progress_line
+
+    assert progress_line(7, 18, 133) == "[7/18 runs] 2m13s elapsed, ~3m29s left"
+    assert progress_line(0, 4, 2.4) == "[0/4 runs] 2s elapsed, time left: after the first run"
+    assert progress_line(1, 3, 4000) == "[1/3 runs] 1h06m elapsed, ~2h13m left"
