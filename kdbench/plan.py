@@ -10,6 +10,7 @@ itself through ``ctx.load_teacher`` (gankd's feature classifier) are found the s
 is written to the teacher cache or to --out.
 """
 import math
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -23,9 +24,10 @@ from kdbench.spec import config_hash, model_options, resolve_teacher
 from kdbench.teachers import META, WEIGHTS, default_cache_dir, teacher_key
 
 # A step is timed after one warm-up step (allocations, kernel selection), repeatedly until both
-# MIN_STEPS steps and MIN_SECONDS have been timed, or MAX_SECONDS have passed. A first step
-# slower than MAX_SECONDS is itself the measurement (the warm-up is small beside it).
-MIN_STEPS, MIN_SECONDS, MAX_SECONDS = 3, 1.0, 10.0
+# MIN_STEPS steps and MIN_SECONDS have been timed, or MAX_SECONDS have passed; the median step
+# is the estimate (a burst of load from other processes moves it less than the mean). A first
+# step slower than MAX_SECONDS is itself the measurement (the warm-up is small beside it).
+MIN_STEPS, MIN_SECONDS, MAX_SECONDS = 3, 2.0, 10.0
 
 
 class Planner:
@@ -142,14 +144,14 @@ def measure_steps(method, ctx):
     engine.set_train_mode(ctx, False)
     val_s = time_validation(method, ctx)
     return {
-        "step_s": sum(times) / len(times), "timed_steps": len(times), "steps_per_epoch": steps,
+        "step_s": statistics.median(times), "timed_steps": len(times), "steps_per_epoch": steps,
         "val_s": val_s, "val_size": ctx.data.size("val"), "test_size": ctx.data.size("test"),
     }
 
 
 def time_validation(method, ctx):
     """Seconds of one validation pass: timed on the first evaluation batch of the split and scaled
-    by its size, or timed whole (twice, the second warm) when that comes to under MIN_SECONDS."""
+    by its size, or timed whole (the faster of two warm passes) when that comes to under MIN_SECONDS."""
     full = ctx.data.splits["val"]
     n = min(len(full[1]), ctx.train["eval_batch_size"])
     ctx.data.splits["val"] = (full[0][:n], full[1][:n])
@@ -159,8 +161,8 @@ def time_validation(method, ctx):
         ctx.data.splits["val"] = full
     if part * len(full[1]) / n >= MIN_SECONDS:
         return part * len(full[1]) / n
-    time_call(method.evaluate, "val", ctx.device)
-    return time_call(method.evaluate, "val", ctx.device)
+    time_call(method.evaluate, "val", ctx.device)  # warm-up
+    return min(time_call(method.evaluate, "val", ctx.device) for _ in range(2))
 
 
 def time_call(fn, arg, device):
@@ -244,8 +246,8 @@ def render(plan, cache_root):
         "",
         f"estimate: {duration(plan['total_s'])} ({plan['total_s']:.0f} s) in all (teachers {duration(plan['teachers_s'])}, runs {duration(plan['runs_s'])}), "
         f"one run after another on this {plan['device']} device",
-        "assumptions: each (model, method and options, batch, data) had its training steps timed here (after one "
-        f"warm-up step; {MIN_STEPS}+ steps or {MAX_SECONDS:.0f}s at most) with the teacher at its initialisation; a run "
+        "assumptions: each (model, method and options, batch, data) had its training steps timed here (the median "
+        f"after one warm-up step; {MIN_STEPS}+ steps and {MIN_SECONDS:.0f}s, or {MAX_SECONDS:.0f}s at most) with the teacher at its initialisation; a run "
         "is epochs x steps at that rate, plus its validation passes (one timed, or its first batch scaled by the split "
         "size) and 2 test passes scaled from it by split size (a teacher: 3); not counted: data loading, checkpoints, the throughput/latency "
         "measurement, other processes sharing the device. Nothing was trained into the cache, no records written.",
