@@ -90,25 +90,40 @@ def slug(args):
     return re.sub(r"[^A-Za-z0-9=.,_-]+", "_", args).strip("_")
 
 
-def run_command(args, name, out, cache, seeds=None, log=print):
-    """Run ``kdbench run ARGS`` under CPU setting ``name`` in a subprocess; returns (records, wall s).
+def grid_of(root, args, seeds=None):
+    """The (cell ids, seeds) that ``kdbench run ARGS`` runs from ``root``, expanded as ``run`` does."""
+    from kdbench import cli, experiment, runner
+
+    ns = cli.build_parser().parse_args(["run", *shlex.split(args)] + (["--seeds", seeds] if seeds else []))
+    folder = (Path(root) / ns.plugin).resolve()
+    registry = runner.registry_for((str(folder),), ns.strict_plugins)
+    cells, seeds, _ = experiment.expand(folder, registry, grid=ns.grid, sets=ns.sets, profile=ns.profile,
+                                        seeds=cli.parse_seeds(ns.seeds) if ns.seeds else None, plugin_dirs=[folder])
+    return {c.id for c in cells}, set(seeds)
+
+
+def run_command(root, args, grid, name, out, cache, seeds=None, log=print):
+    """Run ``kdbench run ARGS`` (from ``root``; ``grid`` from ``grid_of``) under CPU setting
+    ``name`` in a subprocess.
 
     Records go to ``out/name/<args>``, teachers to ``cache/name`` (a teacher trained under one
     setting is another model than one trained under another). Finished records are reused as
-    ``run`` reuses them.
+    ``run`` reuses them. Returns the grid's finished records and the wall time in seconds.
     """
-    folder = Path(out) / name / slug(args)
+    folder = (Path(out) / name / slug(args)).resolve()
     argv = [sys.executable, "-m", "kdbench", "run", *shlex.split(args), "--device", "cpu",
-            "--out", str(folder), "--cache", str(Path(cache) / name)]
+            "--out", str(folder), "--cache", str((Path(cache) / name).resolve())]
     if seeds:
         argv += ["--seeds", seeds]
     log(f"kdbench report: [{name}] kdbench run {args}")
     started = time.time()
-    code = subprocess.run(argv, env=setting_env(name)).returncode
+    code = subprocess.run(argv, env=setting_env(name), cwd=root).returncode
     wall = time.time() - started
     if code != 0:
         raise ConfigError(f"`kdbench run {args}` under CPU setting {name} exited with {code}; its records are in {folder}")
-    return [r for r in store.iter_records([folder]) if r.get("status") == "ok"], wall
+    cell_ids, seed_set = grid  # the folder may also hold other grids' records
+    records = [r for r in store.iter_records([folder]) if r.get("status") == "ok" and r["cell_id"] in cell_ids and r["seed"] in seed_set]
+    return records, wall
 
 
 # ------------------------------------------------------------------------------------------------
@@ -127,9 +142,10 @@ def cells(records):
 
 
 def baseline_of(first, all_cells):
-    """The baseline cell paired with a cell: the experiment's baseline arm with the same student."""
+    """The baseline cell paired with a cell, as the leaderboard pairs them: the experiment's
+    baseline arm with the same student, data and training settings."""
     for other, by_seed in all_cells:
-        if other["method"] == first["baseline"] and other["student_config"] == first["student_config"]:
+        if other["method"] == first["baseline"] and other["pair_key"] == first["pair_key"]:
             return by_seed
     return None
 
@@ -146,19 +162,8 @@ def headline_metrics(records):
     return primary, directions
 
 
-def fmt_ci(mean, half, digits=2):
-    if mean != mean:
-        return ""
-    return f"{mean:.{digits}f}" if half != half else f"{mean:.{digits}f} ± {half:.{digits}f}"
-
-
-def fmt_gain(gain, digits=2):
-    if gain.n == 0 or gain.mean != gain.mean:
-        return ""
-    text = f"{gain.mean:+.{digits}f}"
-    if gain.low == gain.low:
-        text += f" [{gain.low:+.{digits}f}, {gain.high:+.{digits}f}]"
-    return text + {True: " ✓", False: " n.s.", None: ""}[gain.significant]
+def fmt_gain(gain):
+    return leaderboard.fmt_gain(gain.mean, gain.low, gain.high, gain.significant)
 
 
 def arm_label(first):
@@ -187,7 +192,7 @@ def render_table(records):
     header = ["arm", "student (params)", "seeds", *[c[0] for c in cols], *[f"gain vs {baseline}: {c[0]}" for c in cols]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in leaderboard.teacher_rows(records):
-        values = [fmt_ci(row.get(f"{key}_{epoch}", float("nan")), float("nan")) for _, key, epoch in cols]
+        values = [leaderboard.fmt(row.get(f"{key}_{epoch}")) for _, key, epoch in cols]
         lines.append("| " + " | ".join(["teacher", f"{row['student']} ({row['params']:,})", "", *values, *[""] * len(cols)]) + " |")
     for first, by_seed in all_cells:
         base = baseline_of(first, all_cells)
@@ -195,7 +200,7 @@ def render_table(records):
         for _, key, epoch in cols:
             column = f"{key}_{epoch}"
             mean, half, _ = stats.mean_ci([row.get(column, float("nan")) for row in by_seed.values()])
-            values.append(fmt_ci(mean, half))
+            values.append(leaderboard.fmt(mean, half))
             if base is None or base is by_seed:
                 gains.append("")
             else:
@@ -206,14 +211,21 @@ def render_table(records):
     return "\n".join(lines) + "\n"
 
 
+def arm_labels(records):
+    """``{cell id: label}``: the arm and its setting, with the student where the setting does not tell."""
+    all_cells = cells(records)
+    plain = [arm_label(first) for first, _ in all_cells]
+    return {first["cell_id"]: label if plain.count(label) == 1 else f"{label} / {student_label(first)}"
+            for (first, _), label in zip(all_cells, plain)}
+
+
 def levels(records):
     """``{arm: mean}`` of the primary metric at the best epoch, teachers included (one seed)."""
     primary, _ = headline_metrics(records)
-    out = {}
-    for row in leaderboard.teacher_rows(records):
-        out[f"teacher {row['student']}"] = row.get(f"{primary}_best")
+    out = {f"teacher ({row['student']})": row.get(f"{primary}_best") for row in leaderboard.teacher_rows(records)}
+    labels = arm_labels(records)
     for first, by_seed in cells(records):
-        out[f"{arm_label(first)} / {first['student']} ({first['params']:,})"] = stats.mean_ci([r[f"{primary}_best"] for r in by_seed.values()])[0]
+        out[labels[first["cell_id"]]] = stats.mean_ci([r[f"{primary}_best"] for r in by_seed.values()])[0]
     return out
 
 
@@ -221,12 +233,13 @@ def gains_best(records):
     """``{arm: Gain}`` of the primary metric at the best epoch against the baseline."""
     primary, directions = headline_metrics(records)
     all_cells = cells(records)
+    labels = arm_labels(records)
     out = {}
     for first, by_seed in all_cells:
         base = baseline_of(first, all_cells)
         if base is not None and base is not by_seed:
             column = f"{primary}_best"
-            out[f"{arm_label(first)} / {first['student']} ({first['params']:,})"] = stats.paired_gain(
+            out[labels[first["cell_id"]]] = stats.paired_gain(
                 {s: r[column] for s, r in by_seed.items()}, {s: r[column] for s, r in base.items()}, directions[primary])
     return out
 
@@ -238,21 +251,24 @@ def render_settings(by_setting):
     level = {n: levels(by_setting[n]) for n in names}
     gain = {n: gains_best(by_setting[n]) for n in names}
     arms = list(dict.fromkeys(a for n in names for a in level[n]))
-    header = ["arm", *[f"{n}: {primary} best" for n in names], "level moved", *[f"{n}: gain" for n in names]]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    header = ["arm", *[f"{n}: {primary} best" for n in names], "level moved", *[f"{n}: gain (best)" for n in names]]
+    lines = [f"The same grid under each CPU setting ({primary} at the best epoch, mean over seeds; gains as above):", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     moves = {}
     for arm in arms:
         values = [level[n].get(arm) for n in names]
         known = [v for v in values if v is not None]
         moves[arm] = max(known) - min(known) if len(known) > 1 else float("nan")
-        cells_ = [fmt_ci(v, float("nan")) if v is not None else "" for v in values]
         gains = [fmt_gain(gain[n][arm]) if arm in gain[n] else "" for n in names]
-        lines.append("| " + " | ".join([arm, *cells_, fmt_ci(moves[arm], float("nan")), *gains]) + " |")
+        lines.append("| " + " | ".join([arm, *[leaderboard.fmt(v) for v in values], leaderboard.fmt(moves[arm]), *gains]) + " |")
     worst = max((a for a in moves if moves[a] == moves[a]), key=lambda a: moves[a], default=None)
-    held = [a for a in gain[names[0]] if all(a in gain[n] and gain[n][a].significant for n in names)]
-    summary = (f"Across the CPU settings {', '.join(names)}, the levels ({primary} at the best epoch, mean over seeds) "
-               f"moved by up to {moves[worst]:.2f} ({worst})" if worst else "")
-    summary += f"; gains significant under every setting: {', '.join(held) if held else 'none'}."
+    first = gain[names[0]]
+    held = [a for a in first if all(a in gain[n] and gain[n][a].significant for n in names)]
+    inside = [(a, n) for a in first for n in names[1:] if a in gain[n] and first[a].low <= gain[n][a].mean <= first[a].high]
+    pairs = sum(1 for a in first for n in names[1:] if a in gain[n])
+    summary = f"Across the settings the levels moved by up to {moves[worst]:.2f} ({worst}). " if worst else ""
+    summary += (f"{len(inside)} of {pairs} gains under {', '.join(names[1:])} lie inside the {names[0]} interval; "
+                f"significant under every setting: {', '.join(held) if held else 'none'}.")
     return "\n".join(lines) + "\n\n" + summary + "\n"
 
 
@@ -273,8 +289,9 @@ def render_block(args, by_setting, machines, walls):
              "(a shared machine: timings are noisy).", "",
              render_table(records),
              "Mean ± half-width of the 95% Student-t interval over seeds; gains are paired by seed against the "
-             "baseline arm with the same student, [95% interval], ✓ when it excludes zero, n.s. (not significant) "
-             "when it does not; ↑/↓: higher/lower is better.", ""]
+             "baseline arm with the same student, data and training settings, signed so that positive is better, "
+             "[95% interval], * when it excludes zero, n.s. (not significant) when it does not; ↑/↓: higher/lower "
+             "is better.", ""]
     if len(by_setting) > 1:
         parts += [render_settings(by_setting)]
     return "\n".join(parts)
@@ -297,22 +314,26 @@ def generate(root=".", settings=("native",), out="runs/report", cache="", only=N
         if unknown:
             raise ConfigError(f"no README block runs {', '.join(sorted(unknown))}; blocks run: {', '.join(sorted(known))}")
         commands = [a for a in commands if Path(shlex.split(a)[0]).name in only]
+    grids = {args: grid_of(root, args, seeds) for args in commands}  # bad arguments fail here, before any run
     cache = cache or str(Path(out) / "cache")
     machines = {name: machine(name) for name in settings}
-    bodies = {}
-    for args in commands:
+    written = []
+    for args in commands:  # each command's blocks are written as soon as it has run
         by_setting, walls = {}, {}
         for name in settings:
-            by_setting[name], walls[name] = run_command(args, name, out, cache, seeds, log)
+            by_setting[name], walls[name] = run_command(root, args, grids[args], name, out, cache, seeds, log)
         if not by_setting[settings[0]]:
             raise ConfigError(f"`kdbench run {args}` finished no run")
-        bodies[args] = render_block(args, by_setting, machines, walls)
-    written = []
-    for path, args in blocks.items():
-        text = path.read_text()
-        new = BLOCK.sub(lambda m: m.group(1) + bodies[m["args"].strip()] + "\n" + m.group(4) if m["args"].strip() in bodies else m.group(0), text)
-        if new != text:
-            path.write_text(new)
-            written.append(path)
-            log(f"kdbench report: wrote {path}")
-    return written
+        body = render_block(args, by_setting, machines, walls)
+        for path, block_args in blocks.items():
+            if args in block_args:
+                write_block(path, args, body)
+                written.append(path)
+                log(f"kdbench report: wrote {path}")
+    return list(dict.fromkeys(written))
+
+
+def write_block(path, args, body):
+    """Replace the body of every block of ``path`` that runs ``args``."""
+    text = path.read_text()
+    path.write_text(BLOCK.sub(lambda m: m.group(1) + body + "\n" + m.group(4) if m["args"].strip() == args else m.group(0), text))

@@ -1,4 +1,6 @@
 """``kdbench report``: README blocks rerun and rewritten, under two CPU settings (subprocesses)."""
+import re
+
 import pytest
 
 from conftest import write_plugin
@@ -23,7 +25,7 @@ def test_report_reruns_the_block_and_writes_intervals_machine_and_settings(tmp_p
     assert "old table" not in text and f"`python -m kdbench run {plugin} --grid temperature=8` — 3 seeds (0, 1, 2)" in text
     assert "setting `native`" in text and "torch " in text
     row = next(line for line in text.splitlines() if line.startswith("| soft-kd |"))
-    assert " ± " in row and ("✓" in row or "n.s." in row)  # mean ± interval; the gain's verdict
+    assert " ± " in row and re.search(r"[-+]\d+\.\d\d \[[-+]\d+\.\d\d, [-+]\d+\.\d\d\] (\*|n\.s\.)", row)  # mean ± interval; gain [interval] verdict
     assert "| teacher |" in text
     # the second setting: levels and gains per setting, and how far the levels moved
     assert "native: top1 best" in text and "default: top1 best" in text and "level moved" in text
