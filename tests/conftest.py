@@ -125,6 +125,16 @@ def no_onednn(monkeypatch):
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
 
 
+def paired_gain(records, arm, baseline, metric, direction="max"):
+    """The gain of ``arm`` over ``baseline`` in ``metric`` (kdbench.stats: paired by seed, 95% interval)."""
+    from kdbench import stats
+
+    def by_seed(method):
+        return {r["seed"]: r["metrics"][metric] for r in records if r["method"] == method}
+
+    return stats.paired_gain(by_seed(arm), by_seed(baseline), direction)
+
+
 def shared_cache(tmp_path_factory):
     """One teacher cache for the session: plugins/hinton and plugins/akd share their quick teacher."""
     return tmp_path_factory.getbasetemp() / "plugin-teacher-cache"

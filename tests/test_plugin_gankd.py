@@ -1,12 +1,13 @@
 """plugins/gankd (source 002, GAN knowledge distillation): the reconstructed generators' parameter
 counts (Keras-style and PyTorch), the metrics, and a real test-sized experiment through the
-command line: teacher GAN, feature classifier, 2 arms x 2 seeds, leaderboard."""
+command line: teacher GAN, feature classifier, 2 arms x 3 seeds, leaderboard."""
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import paired_gain
 from kdbench.plugins import import_plugin_folder
 
 PLUGIN = Path(__file__).resolve().parents[1] / "plugins" / "gankd"
@@ -103,7 +104,7 @@ def test_penultimate_features_take_the_input_of_the_last_linear():
     assert torch.allclose(logits, net(x))
 
 
-# -- a test-sized quick experiment: teacher GAN, feature classifier, gan-adv vs gankd (2 seeds) --
+# -- a test-sized quick experiment: teacher GAN, feature classifier, gan-adv vs gankd (3 seeds) --
 
 # The quick profile's models and losses, compressed: Adam at 1e-3 instead of 2e-4 for every G and
 # D (teacher and both arms alike), batch 64, teacher 400 steps, students 200; a feature classifier
@@ -124,7 +125,7 @@ def quick(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("gankd")
     sets = [x for s in TEST_SIZE for x in ("--set", s)]
-    code = main(["run", str(PLUGIN), "--seeds", "0,1", *sets, "--out", str(out / "runs"), "--cache", str(out / "cache"), "--device", "cpu"])
+    code = main(["run", str(PLUGIN), "--seeds", "0,1,2", *sets, "--out", str(out / "runs"), "--cache", str(out / "cache"), "--device", "cpu"])
     assert code == 0
     records = [json.loads(p.read_text()) for p in (out / "runs").rglob("record.json")]
     return records, out
@@ -132,16 +133,14 @@ def quick(tmp_path_factory):
 
 def test_quick_gankd_student_lands_closer_to_the_teacher(quick):
     records, _ = quick
-    assert sorted(r["method"] for r in records) == ["gan-adv", "gan-adv", "gankd", "gankd"]
+    assert sorted(r["method"] for r in records) == ["gan-adv"] * 3 + ["gankd"] * 3
     assert all(r["status"] == "ok" for r in records)
 
-    def arm(method, key):
-        values = [r["metrics"][key] for r in records if r["method"] == method]
-        return sum(values) / len(values)
-
-    # pixel MSE to the teacher's images for the same noise (in [-1, 1] units): the distilled
-    # student is closer by a clear margin (measured at this size: 0.51 vs 0.59; quick profile: README)
-    assert arm("gankd", "mse_teacher_last") < arm("gan-adv", "mse_teacher_last") - 0.05
+    # pixel MSE to the teacher's images for the same noise (in [-1, 1] units), lower is better: the
+    # distilled student is closer, the 95% interval of the gain over the three seed pairs lies above
+    # zero (under all three CPU settings; the quick profile's numbers: README)
+    gain = paired_gain(records, "gankd", "gan-adv", "mse_teacher_last", direction="min")
+    assert gain.n == 3 and gain.low > 0, gain
     for r in records:
         m = r["metrics"]
         assert (r["selection"]["metric"], r["selection"]["direction"]) == ("fd", "min")

@@ -1,6 +1,6 @@
 """plugins/vkd (source 000, Virtual Knowledge Distillation via a conditional GAN): the notebook's
 cGAN sizes, the VKD loss, the paper profile (expanded, built, one step at a tiny size on CPU,
-not trained), and a real quick experiment: VKD alone against scratch over 2 seeds."""
+not trained), and a real quick experiment: KD + VKD against scratch over 3 seeds."""
 import json
 import shutil
 from pathlib import Path
@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import paired_gain
 from kdbench import experiment, runner
 from kdbench.cli import main
 from kdbench.measure import count_params as count
@@ -127,30 +128,32 @@ def test_vkd_without_a_generator_says_which_teacher_method_to_use(tmp_path, caps
     assert code == 1 and "has no virtual knowledge generator" in out and 'method = "vkd-teacher"' in out
 
 
-# -- the quick profile: VKD alone against scratch (2 seeds), teacher + G trained concurrently --
+# -- the quick profile: the notebook's KD + VKD student against scratch (3 seeds), teacher + G
+# trained concurrently --
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("vkd")
-    code = main(["run", str(PLUGIN), "--grid", "method=scratch,vkd", "--seeds", "0,1",
+    code = main(["run", str(PLUGIN), "--grid", "method=scratch,kd-vkd", "--seeds", "0,1,2",
                  "--out", str(out / "runs"), "--cache", str(out / "cache"), "--device", "cpu"])
     assert code == 0
     return records(out / "runs"), out
 
 
-def test_quick_vkd_runs_every_arm(quick):
-    # VKD alone vs scratch is not significant at this scale (issue 8: +0.07 last / -0.16 best on an
-    # AMD EPYC, +1.68 / +0.45 on an Intel Xeon, two seeds): no effect is asserted here, only that
-    # both arms train and score.
+def test_quick_kd_vkd_beats_scratch(quick):
+    # the notebook's student beats scratch at the best-validation epoch: the 95% interval of the
+    # gain over the three seed pairs lies above zero (under all three CPU settings; README). VKD
+    # alone against scratch is not significant (README), so it is not asserted.
     done, _ = quick
-    assert len(done) == 4 and all(r["status"] == "ok" for r in done)
-    assert all(r["metrics"]["top1_best"] > 70 for r in done)
+    assert len(done) == 6 and all(r["status"] == "ok" for r in done)
+    gain = paired_gain(done, "kd-vkd", "scratch", "top1_best")
+    assert gain.n == 3 and gain.low > 0, gain
 
 
 def test_quick_generator_mimics_the_teacher(quick):
     done, out = quick
-    teacher = next(r for r in done if r["method"] == "vkd")["teacher"]
+    teacher = next(r for r in done if r["method"] == "kd-vkd")["teacher"]
     metrics = teacher["metrics"]
     assert metrics["top1"] > 84  # the spec's small-cnn teacher reaches ~87 %
     # G's virtual distribution puts its maximum on the label far more often than chance (10 %)
@@ -158,4 +161,4 @@ def test_quick_generator_mimics_the_teacher(quick):
     assert metrics["g_label_agreement"] > 85
     assert abs(metrics["g_top_prob"] - metrics["teacher_top_prob"]) < 0.1
     board = (out / "runs" / "vkd" / "leaderboard.md").read_text()
-    assert "| vkd " in board and "scratch" in board and "g label agreement" in board
+    assert "| kd-vkd " in board and "scratch" in board and "g label agreement" in board
