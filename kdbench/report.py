@@ -151,13 +151,16 @@ def baseline_of(first, all_cells):
 
 
 def headline_metrics(records):
-    """The primary metric and the other metrics with a declared direction (top-5 aside)."""
+    """The primary metric and the other metrics with a declared direction, top-5 aside, and those
+    that are equal in every run aside (a property of the data, such as a distance between two real
+    image sets, not of the arm)."""
     first = records[0]
     primary = first["selection"]["metric"]
     directions = {primary: first["selection"]["direction"]}
     for record in records:
         for name, direction in (record.get("directions") or {}).items():
-            if name not in ("top5",) and name not in directions and f"{name}_best" in record["metrics"]:
+            values = {r["metrics"].get(f"{name}_best") for r in records}
+            if name != "top5" and name not in directions and f"{name}_best" in record["metrics"] and len(values) > 1:
                 directions[name] = direction
     return primary, directions
 
@@ -189,7 +192,7 @@ def render_table(records):
     cols = columns(primary, directions)
     all_cells = cells(records)
     baseline = all_cells[0][0]["baseline"]
-    header = ["arm", "student (params)", "seeds", *[c[0] for c in cols], *[f"gain vs {baseline}: {c[0]}" for c in cols]]
+    header = ["arm", "student (params)", "seeds", *[c[0] for c in cols], *[f"gain vs {baseline}: {key} {epoch}".replace("_", " ") for _, key, epoch in cols]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in leaderboard.teacher_rows(records):
         values = [leaderboard.fmt(row.get(f"{key}_{epoch}")) for _, key, epoch in cols]
