@@ -55,6 +55,8 @@ def build_parser():
     report.add_argument("--out", default="runs/report", help="folder for the run records, one subfolder per CPU setting (default runs/report)")
     report.add_argument("--cache", default="", help="teacher cache folder, one subfolder per CPU setting (default OUT/cache)")
     report.add_argument("--root", default=".", help="repository root holding README.md and plugins/ (default .)")
+    report.add_argument("--keep-stale", action="store_true", help="reuse finished runs whose code or teacher changed (run --keep-stale); the tables say so")
+    report.add_argument("--no-run", action="store_true", help="run nothing: write the tables from the records already in --out (the tables name their commits)")
 
     new = sub.add_parser("new-plugin", help="write a plugin folder (a method that trains, its experiment, a test) to start from")
     new.add_argument("name", help="the method's name, e.g. my-kd (the folder's name too)")
@@ -332,7 +334,8 @@ def cmd_report(args):
 
     if args.seeds:
         parse_seeds(args.seeds)
-    report.generate(args.root, report.parse_settings(args.cpu_settings), args.out, args.cache, args.only, args.seeds)
+    report.generate(args.root, report.parse_settings(args.cpu_settings), args.out, args.cache, args.only, args.seeds, args.keep_stale,
+                    not args.no_run)
     return 0
 
 

@@ -102,7 +102,7 @@ def grid_of(root, args, seeds=None):
     return {c.id for c in cells}, set(seeds)
 
 
-def run_command(root, args, grid, name, out, cache, seeds=None, log=print):
+def run_command(root, args, grid, name, out, cache, seeds=None, keep_stale=False, log=print):
     """Run ``kdbench run ARGS`` (from ``root``; ``grid`` from ``grid_of``) under CPU setting
     ``name`` in a subprocess.
 
@@ -115,6 +115,8 @@ def run_command(root, args, grid, name, out, cache, seeds=None, log=print):
             "--out", str(folder), "--cache", str((Path(cache) / name).resolve())]
     if seeds:
         argv += ["--seeds", seeds]
+    if keep_stale:
+        argv.append("--keep-stale")
     log(f"kdbench report: [{name}] kdbench run {args}")
     started = time.time()
     code = subprocess.run(argv, env=setting_env(name), cwd=root).returncode
@@ -288,22 +290,39 @@ def render_block(args, by_setting, machines, walls):
     commits = sorted({(r.get("provenance") or {}).get("git_commit") or "unknown" for rs in by_setting.values() for r in rs})
     parts = [NOTE, "",
              f"`python -m kdbench run {args}` — {len(seeds)} seeds ({', '.join(map(str, seeds))}), CPU, "
-             f"code at commit {', '.join(c[:7] for c in commits)}; {describe_machine(machines[first], first)}; wall time {walls[first]:.0f} s "
-             "(a shared machine: timings are noisy).", "",
+             f"code at commit {', '.join(c[:7] for c in commits)}; {describe_machine(machines[first], first)}"
+             + (f"; wall time {walls[first]:.0f} s (a shared machine: timings are noisy)." if walls[first] else "."), "",
              render_table(records),
              "Mean ± half-width of the 95% Student-t interval over seeds; gains are paired by seed against the "
              "baseline arm with the same student, data and training settings, signed so that positive is better, "
              "[95% interval], * when it excludes zero, n.s. (not significant) when it does not; ↑/↓: higher/lower "
              "is better.", ""]
+    stale = sorted({r["stale"] for rs in by_setting.values() for r in rs if r.get("stale")})
+    if stale:
+        count = sum(1 for rs in by_setting.values() for r in rs if r.get("stale"))
+        parts += [f"Kept although their identity changed (`--keep-stale`): {count} record(s), because: {'; '.join(stale)}. "
+                  "The commits above name the code they came from.", ""]
     if len(by_setting) > 1:
         parts += [render_settings(by_setting)]
     return "\n".join(parts)
 
 
-def generate(root=".", settings=("native",), out="runs/report", cache="", only=None, seeds=None, log=print):
+def collect(args, grid, name, out):
+    """The finished records already in ``out/name/<args>`` for the grid's seeds, whatever code and
+    cells they came from (``--no-run``: the blocks' commits say which), and no wall time."""
+    folder = (Path(out) / name / slug(args)).resolve()
+    records = [r for r in store.iter_records([folder]) if r.get("status") == "ok" and r["seed"] in grid[1]]
+    return records, None
+
+
+def generate(root=".", settings=("native",), out="runs/report", cache="", only=None, seeds=None, keep_stale=False,
+             run=True, log=print):
     """Rerun every README block's experiment under each CPU setting and rewrite the blocks.
 
     ``only``: plugin folder names (``hinton``) whose blocks are regenerated; the rest stay.
+    ``keep_stale``: reuse finished records whose code or teacher changed (``run --keep-stale``);
+    the blocks then say so. ``run=False``: run nothing, write the blocks from the records in
+    ``out`` (settings without records are left out of a block).
     Returns the README paths written.
     """
     root = Path(root)
@@ -319,14 +338,17 @@ def generate(root=".", settings=("native",), out="runs/report", cache="", only=N
         commands = [a for a in commands if Path(shlex.split(a)[0]).name in only]
     grids = {args: grid_of(root, args, seeds) for args in commands}  # bad arguments fail here, before any run
     cache = cache or str(Path(out) / "cache")
-    machines = {name: machine(name) for name in settings}
+    machines = {name: machine(name) for name in settings}  # this machine: with --no-run, where the blocks were written
     written = []
     for args in commands:  # each command's blocks are written as soon as it has run
         by_setting, walls = {}, {}
         for name in settings:
-            by_setting[name], walls[name] = run_command(root, args, grids[args], name, out, cache, seeds, log)
-        if not by_setting[settings[0]]:
-            raise ConfigError(f"`kdbench run {args}` finished no run")
+            records, walls[name] = (run_command(root, args, grids[args], name, out, cache, seeds, keep_stale, log) if run
+                                    else collect(args, grids[args], name, out))
+            if records:
+                by_setting[name] = records
+        if settings[0] not in by_setting:
+            raise ConfigError(f"`kdbench run {args}` has no finished run under CPU setting {settings[0]} in {out}")
         body = render_block(args, by_setting, machines, walls)
         for path, block_args in blocks.items():
             if args in block_args:
