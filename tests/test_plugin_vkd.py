@@ -156,9 +156,10 @@ def test_quick_generator_mimics_the_teacher(quick):
     teacher = next(r for r in done if r["method"] == "kd-vkd")["teacher"]
     metrics = teacher["metrics"]
     assert metrics["top1"] > 84  # the spec's small-cnn teacher reaches ~87 %
-    # G's virtual distribution puts its maximum on the label far more often than chance (10 %)
-    # and is about as soft as the teacher's T = 4 outputs
-    assert metrics["g_label_agreement"] > 85
+    # G's virtual distribution puts its maximum on the label far more often than chance (10 %;
+    # measured 87.5 % under ATEN_CPU_CAPABILITY=avx512, 95.1 % under default: one teacher, no
+    # interval, so the bound is far from both) and is about as soft as the teacher's T = 4 outputs
+    assert metrics["g_label_agreement"] > 50
     assert abs(metrics["g_top_prob"] - metrics["teacher_top_prob"]) < 0.1
     board = (out / "runs" / "vkd" / "leaderboard.md").read_text()
     assert "| kd-vkd " in board and "scratch" in board and "g label agreement" in board
