@@ -29,6 +29,10 @@ def build_parser():
     run.add_argument("--force", action="store_true", help="redo finished runs")
     run.add_argument("--ddp", type=int, default=0, metavar="N", help="train each cell with DistributedDataParallel over N processes (starts torchrun; one per GPU, or gloo on CPU)")
     run.add_argument("--workers", type=int, default=1, metavar="N", help="run N cells at once in spawned processes, the CPU threads split between them (default 1: one after another in this process)")
+    run.add_argument("--executor", default="local", choices=["local", "ray"], help="where cells run: this machine (default), or a Ray cluster (pip install -e '.[ray]')")
+    run.add_argument("--ray-address", default="", metavar="ADDR", help="join this Ray cluster (e.g. auto, or HOST:6379 after `ray start --head`); default: a local one sized to this machine")
+    run.add_argument("--cpus-per-cell", type=float, default=1.0, metavar="N", help="with --executor ray: CPUs each cell asks for (its intra-op threads; default 1)")
+    run.add_argument("--gpus-per-cell", type=float, default=0.0, metavar="N", help="with --executor ray: GPUs each cell asks for, fractions allowed (e.g. 0.5; default 0)")
     run.add_argument("--keep-stale", action="store_true", help="keep finished runs whose code or teacher changed (marked stale) instead of rerunning them")
     run.add_argument("--log", action="append", default=[], dest="loggers", metavar="LOGGER", help="also log every run to this tracker: tensorboard, or one a plugin registers (repeatable; see list loggers)")
     run.add_argument("--dry-run", action="store_true", help="print the cells, teachers, parameters and a timed estimate of the wall time, then stop (trains nothing, writes nothing)")
@@ -201,6 +205,9 @@ def run_grid(args):
     if not teacher_path:  # a wrong hash or an unreachable server stops here, before any training
         runner.download_teachers(cells, args.cache)
     executor = make_executor(args)
+    from kdbench.teachers import default_cache_dir
+
+    executor.check_shared({"teacher cache": Path(args.cache).expanduser().resolve() if args.cache else default_cache_dir(), "plugin folder": folder})
     print(f"kdbench: {cells[0].experiment} ({profile or 'no'} profile): {len(cells)} cell(s) x {len(seeds)} seed(s) -> {args.out}")
     try:
         records, all_ok = runner.run_grid(cells, seeds, options, executor)
@@ -234,8 +241,14 @@ def make_executor(args):
 
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers}: give a number of processes >= 1")
-    if args.workers > 1 and distributed.launched():
-        raise ConfigError("--workers does not combine with --ddp (each cell already trains on several processes)")
+    if distributed.launched() and (args.workers > 1 or args.executor != "local"):
+        raise ConfigError("--workers and --executor ray do not combine with --ddp (each cell already trains on several processes)")
+    if args.executor == "ray":
+        if args.workers != 1:
+            raise ConfigError("--workers is for the local executor; on Ray, --cpus-per-cell decides how many cells share a machine")
+        return executors.RayExecutor(args.ray_address, args.cpus_per_cell, args.gpus_per_cell, args.device)
+    if args.ray_address or args.cpus_per_cell != 1.0 or args.gpus_per_cell:
+        raise ConfigError("--ray-address, --cpus-per-cell and --gpus-per-cell need --executor ray")
     return executors.ProcessExecutor(args.workers) if args.workers > 1 else executors.LocalExecutor()
 
 

@@ -1,13 +1,18 @@
-"""Executors run jobs and hand their results back to the driver.
+"""Executors run jobs and hand their results back to the driver: LocalExecutor (one after
+another in this process), ProcessExecutor (--workers N) and RayExecutor (--executor ray).
 
 An executor has two methods: ``map(fn, jobs)`` yields ``(job, fn(job))`` as jobs finish (or
 ``(job, WorkerLost(...))`` for a job whose worker died under it), and ``placement(options)``
 says where each job will run: (device type, intra-op CPU threads per job), part of a run's
-identity. Jobs and records are plain picklable data, so a cluster executor only has to ship
-them; a job writes its record under its run folder's lock (a shared file system).
+identity; ``check_shared(paths)`` checks that its workers see the given folders. Jobs and
+records are plain picklable data, so a cluster executor only has to ship them; a job writes its
+record under its run folder's lock, and a remote one's record is written again by the driver.
 """
 import collections
 import os
+from pathlib import Path
+
+from kdbench.errors import ConfigError
 
 
 class WorkerLost(Exception):
@@ -20,6 +25,9 @@ class LocalExecutor:
     def map(self, fn, jobs):
         for job in jobs:
             yield job, fn(job)
+
+    def check_shared(self, paths):
+        """Nothing to check: the jobs run on this machine."""
 
     def placement(self, options):
         import torch
@@ -40,6 +48,9 @@ class ProcessExecutor:
 
         self.workers = workers
         self.threads = max(1, torch.get_num_threads() // workers)
+
+    def check_shared(self, paths):
+        """Nothing to check: the jobs run on this machine."""
 
     def placement(self, options):
         from kdbench.engine import resolve_device
@@ -114,3 +125,142 @@ def worker_loop(conn, fn, threads):
             conn.send(("ok", fn(job)))
         except Exception:  # a bug, not a failed run (run_job records those): the driver stops
             conn.send(("error", traceback.format_exc()))
+
+
+class RayExecutor:
+    """Runs jobs as plain Ray tasks, on the cluster at ``address`` or on a local one sized to this
+    machine. Each job asks for ``cpus`` CPUs and ``gpus`` GPUs (fractions allowed); a request
+    that no node can meet is refused before anything is submitted. Results stream back as tasks
+    finish and the driver writes them into its --out, so workers need no shared --out; a task
+    lost with its worker or node is retried (``retries`` times), then handed back as WorkerLost."""
+
+    def __init__(self, address="", cpus=1.0, gpus=0.0, device="auto", retries=3):
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError("--executor ray needs Ray: pip install -e '.[ray]' (or pip install ray)") from None
+        if cpus <= 0 or gpus < 0:
+            raise ConfigError(f"--cpus-per-cell {cpus:g} / --gpus-per-cell {gpus:g}: give cpus > 0 and gpus >= 0")
+        if device == "cuda" and not gpus:
+            raise ConfigError("--device cuda with --executor ray needs --gpus-per-cell > 0 (Ray hides the GPUs from tasks that ask for none)")
+        self.ray, self.cpus, self.gpus, self.retries = ray, cpus, gpus, retries
+        if not ray.is_initialized():
+            try:
+                if address:
+                    ray.init(address=address, log_to_driver=True)
+                else:
+                    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise ConfigError(f"--ray-address {address or '(local)'}: cannot start or join the Ray cluster: {str(exc).splitlines()[0]}") from None
+        self.check_resources()
+
+    def nodes(self):
+        return [node for node in self.ray.nodes() if node["Alive"]]
+
+    def check_resources(self):
+        """Some node must have ``cpus`` and ``gpus`` for one job, or the tasks would wait forever."""
+        sizes = [(node["Resources"].get("CPU", 0), node["Resources"].get("GPU", 0)) for node in self.nodes()]
+        if not any(cpu >= self.cpus and gpu >= self.gpus for cpu, gpu in sizes):
+            largest = ", ".join(f"{cpu:g} CPUs + {gpu:g} GPUs" for cpu, gpu in sorted(set(sizes), reverse=True)) or "no live node"
+            raise ConfigError(f"--cpus-per-cell {self.cpus:g} --gpus-per-cell {self.gpus:g}: no node of the Ray cluster has that "
+                              f"(its nodes: {largest}); ask for less, or add nodes")
+
+    def check_shared(self, paths):
+        """Every node's workers must see ``paths`` (name -> folder; the teacher cache, the plugin
+        folders) at the same place: a probe file written here is looked for on each node."""
+        import secrets
+
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        token = f".kdbench-probe-{secrets.token_hex(8)}"
+        probes = {}
+        for name, folder in paths.items():
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            (Path(folder) / token).touch()
+        try:
+            probe = self.ray.remote(missing_paths)
+            for node in self.nodes():
+                strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+                probes[node["NodeManagerAddress"]] = probe.options(num_cpus=0, scheduling_strategy=strategy).remote(
+                    {name: str(Path(folder) / token) for name, folder in paths.items()})
+            for host, ref in probes.items():
+                try:
+                    missing = self.ray.get(ref, timeout=120)
+                except self.ray.exceptions.GetTimeoutError:
+                    raise ConfigError(f"the Ray workers on node {host} did not answer within 120 s; is the cluster healthy?") from None
+                if missing:
+                    name = missing[0]
+                    raise ConfigError(f"the Ray workers on node {host} cannot see the {name} {paths[name]}; put it on storage "
+                                      "every node mounts at the same path (see README, 'Grids on a Ray cluster')")
+        finally:
+            for folder in paths.values():
+                (Path(folder) / token).unlink(missing_ok=True)
+
+    def placement(self, options):
+        device = "cuda" if self.gpus and options.device != "cpu" else "cpu"
+        return device, max(1, int(self.cpus))
+
+    def map(self, fn, jobs):
+        ray = self.ray
+        task = ray.remote(run_task).options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=self.retries)
+        threads = max(1, int(self.cpus))
+        pending = {task.remote(fn, shipped(job), threads): job for job in jobs}
+        try:
+            while pending:
+                [ref], _ = ray.wait(list(pending), num_returns=1)
+                job = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:  # a bug in fn, not a failed run (run_job records those)
+                    raise RuntimeError(f"a Ray task failed: {str(exc).splitlines()[0]}") from None
+                except ray.exceptions.RayError as exc:  # its worker or node died, also on the last retry
+                    result = WorkerLost(f"its Ray task was lost after {self.retries} retries ({type(exc).__name__})")
+                yield job, land(job, result)
+        finally:  # on Ctrl-C or an error: cancel what has not finished; finished records stay
+            for ref in pending:
+                ray.cancel(ref, force=True)
+
+
+def shipped(job):
+    """``job`` with absolute --out and --cache, as a worker on any node must read them."""
+    import dataclasses
+
+    from kdbench.teachers import default_cache_dir
+
+    options = dataclasses.replace(job.options, out=str(Path(job.options.out).resolve()),
+                                  cache=str(Path(job.options.cache).resolve() if job.options.cache else default_cache_dir()))
+    return dataclasses.replace(job, options=options)
+
+
+def run_task(fn, job, threads):
+    """A Ray task: ``fn(job)`` on ``threads`` intra-op threads; a run's record comes back with its
+    training curve, so the driver can write both where workers share no --out with it."""
+    os.environ["KDBENCH_QUIET"] = "1"
+    import torch
+
+    torch.set_num_threads(threads)
+    result = fn(job)
+    if isinstance(result, dict) and "run_dir" in result:
+        history = Path(result["run_dir"]) / "history.jsonl"
+        result = {"record": result, "history": history.read_text() if history.exists() else ""}
+    return result
+
+
+def land(job, result):
+    """Write a run that came back from another machine into the driver's --out (the same files
+    when the storage is shared), and return its record."""
+    if not (isinstance(result, dict) and "record" in result and "history" in result):
+        return result
+    from kdbench import store
+
+    record = result["record"] | {"run_dir": str(job.folder)}
+    with store.file_lock(job.folder / store.LOCK, wait=False) as held:
+        if held:
+            store.write_bytes(job.folder / "history.jsonl", result["history"].encode())
+            store.write_record(job.folder, record)
+    return record
+
+
+def missing_paths(probes):
+    """On a Ray node: the names of the probe files this node cannot see."""
+    return [name for name, path in probes.items() if not Path(path).exists()]
