@@ -207,7 +207,9 @@ def run_grid(args):
     executor = make_executor(args)
     from kdbench.teachers import default_cache_dir
 
-    executor.check_shared({"teacher cache": Path(args.cache).expanduser().resolve() if args.cache else default_cache_dir(), "plugin folder": folder})
+    cache_dir = Path(args.cache).expanduser().resolve() if args.cache else default_cache_dir()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    executor.check_shared({"teacher cache": cache_dir, "plugin folder": folder / "plugin.py"})
     print(f"kdbench: {cells[0].experiment} ({profile or 'no'} profile): {len(cells)} cell(s) x {len(seeds)} seed(s) -> {args.out}")
     try:
         records, all_ok = runner.run_grid(cells, seeds, options, executor)

@@ -166,24 +166,25 @@ class RayExecutor:
                               f"(its nodes: {largest}); ask for less, or add nodes")
 
     def check_shared(self, paths):
-        """Every node's workers must see ``paths`` (name -> folder; the teacher cache, the plugin
-        folders) at the same place: a probe file written here is looked for on each node."""
+        """Every node's workers must see ``paths`` (name -> path) at the same place: a file is
+        looked for as it is; into a folder (the teacher cache) a probe file is written first."""
         import secrets
 
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         token = f".kdbench-probe-{secrets.token_hex(8)}"
-        probes = {}
-        for name, folder in paths.items():
-            Path(folder).mkdir(parents=True, exist_ok=True)
-            (Path(folder) / token).touch()
+        probes = {name: Path(path) / token if Path(path).is_dir() else Path(path) for name, path in paths.items()}
+        written = [probe for probe in probes.values() if probe.name == token]
+        for probe in written:
+            probe.touch()
         try:
-            probe = self.ray.remote(missing_paths)
+            task = self.ray.remote(missing_paths)
+            answers = {}
             for node in self.nodes():
                 strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
-                probes[node["NodeManagerAddress"]] = probe.options(num_cpus=0, scheduling_strategy=strategy).remote(
-                    {name: str(Path(folder) / token) for name, folder in paths.items()})
-            for host, ref in probes.items():
+                answers[node["NodeManagerAddress"]] = task.options(num_cpus=0, scheduling_strategy=strategy).remote(
+                    {name: str(probe) for name, probe in probes.items()})
+            for host, ref in answers.items():
                 try:
                     missing = self.ray.get(ref, timeout=120)
                 except self.ray.exceptions.GetTimeoutError:
@@ -191,10 +192,10 @@ class RayExecutor:
                 if missing:
                     name = missing[0]
                     raise ConfigError(f"the Ray workers on node {host} cannot see the {name} {paths[name]}; put it on storage "
-                                      "every node mounts at the same path (see README, 'Grids on a Ray cluster')")
+                                      "every node mounts at the same path (see README, 'Parallel and cluster runs')")
         finally:
-            for folder in paths.values():
-                (Path(folder) / token).unlink(missing_ok=True)
+            for probe in written:
+                probe.unlink(missing_ok=True)
 
     def placement(self, options):
         device = "cuda" if self.gpus and options.device != "cpu" else "cpu"

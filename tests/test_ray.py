@@ -85,8 +85,11 @@ def test_workers_must_see_the_cache(cluster, tmp_path):
     from kdbench.executors import RayExecutor, missing_paths
 
     executor = RayExecutor()
+    (tmp_path / "cache").mkdir()
     executor.check_shared({"teacher cache": tmp_path / "cache"})  # one machine: seen
     assert not list((tmp_path / "cache").iterdir())  # the probe file is gone again
     assert missing_paths({"teacher cache": str(tmp_path / "nowhere")}) == ["teacher cache"]
+    with pytest.raises(ConfigError, match="cannot see the plugin folder"):
+        executor.check_shared({"plugin folder": tmp_path / "absent" / "plugin.py"})
     with pytest.raises(ConfigError, match="--cpus-per-cell 64"):
         RayExecutor(cpus=64)
