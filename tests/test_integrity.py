@@ -226,21 +226,21 @@ def test_two_processes_share_one_out(plugin_dir, tmp_path, cli):
     held = Path(next(iter(single.values()))["run_dir"]).relative_to(tmp_path / "runs")
 
     out = tmp_path / "shared"
-    env = dict(os.environ, PYTHONPATH=str(REPO), KDBENCH_QUIET="1")
+    env = dict(os.environ, PYTHONPATH=str(REPO), KDBENCH_QUIET="1", PYTHONUNBUFFERED="1")  # logs readable as they come
     command = [sys.executable, "-m", "kdbench", "run", str(plugin_dir), *grid, "--out", str(out), "--cache", str(tmp_path / "cache")]
+    skipped = f"{held.parent.name} seed {held.name.removeprefix('seed')}: another process is running it; skipped for now"
     logs = [open(tmp_path / f"log{i}.txt", "w+") for i in range(2)]
     with store.file_lock(out / held / store.LOCK):  # as if a third process were running this one
         procs = [subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True) for log in logs]
-        while len(list(out.rglob("record.json"))) < len(single) - 1:  # all but the held run
+        # held until both have met the held run and the others are done (no race on who saw what)
+        while len(list(out.rglob("record.json"))) < len(single) - 1 or not all(skipped in open(log.name).read() for log in logs):
             assert all(p.poll() is None for p in procs), [open(log.name).read() for log in logs]
             time.sleep(0.2)
-        time.sleep(1)
         assert not (out / held / "record.json").exists()
     for proc in procs:
         assert proc.wait(timeout=600) == 0, [open(log.name).read() for log in logs]
     texts = [open(log.name).read() for log in logs]
-    assert all(f"{held.parent.name} seed {held.name.removeprefix('seed')}: another process is running it; skipped for now" in t for t in texts)
-    assert sum(t.count("finished by another process") for t in texts) >= 1 and "Traceback" not in "".join(texts)
+    assert "Traceback" not in "".join(texts)  # which of the two then ran the held run is a race: either is right
 
     shared = {(r["cell_name"], r["seed"]): r for r in map(lambda p: json.loads(p.read_text()), out.rglob("record.json"))}
     assert shared.keys() == single.keys()
