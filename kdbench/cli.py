@@ -28,7 +28,7 @@ def build_parser():
     run.add_argument("--teacher", default="", metavar="PATH|URL#sha256=HEX", help="use this teacher checkpoint instead of the cache, or download it (verified against its SHA-256)")
     run.add_argument("--force", action="store_true", help="redo finished runs")
     run.add_argument("--ddp", type=int, default=0, metavar="N", help="train each cell with DistributedDataParallel over N processes (starts torchrun; one per GPU, or gloo on CPU)")
-    run.add_argument("--workers", type=int, default=1, metavar="N", help="run N cells at once in spawned processes, the CPU threads split between them (default 1: one after another in this process)")
+    run.add_argument("--workers", type=int, default=None, metavar="N", help="run N cells at once in spawned processes, the CPU threads split between them (default: one per core on the CPU when every cell pins train.threads, so that no result depends on it; else 1, one after another in this process; also $KDBENCH_WORKERS)")
     run.add_argument("--executor", default="local", choices=["local", "ray"], help="where cells run: this machine (default), or a Ray cluster (pip install -e '.[ray]')")
     run.add_argument("--ray-address", default="", metavar="ADDR", help="join this Ray cluster (e.g. auto, or HOST:6379 after `ray start --head`); default: a local one sized to this machine")
     run.add_argument("--cpus-per-cell", type=float, default=1.0, metavar="N", help="with --executor ray: CPUs each cell asks for (its intra-op threads; default 1)")
@@ -168,7 +168,7 @@ def launch_ddp(processes, argv):
 
 
 def run_grid(args):
-    from kdbench import distributed, engine, experiment, leaderboard, loggers, runner, store
+    from kdbench import distributed, engine, experiment, loggers, runner
 
     folder = check_plugin_folder(args.plugin).resolve()
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
@@ -199,23 +199,32 @@ def run_grid(args):
         print(f"kdbench: {cells[0].experiment} ({profile or 'no'} profile): timing a few steps of each configuration ...")
         print(plan.dry_run(cells, seeds, registry, options)[1])
         return 0
+    if distributed.launched() and (args.workers not in (None, 1) or args.executor != "local"):
+        raise ConfigError("--workers and --executor ray do not combine with --ddp (each cell already trains on several processes)")
     if not distributed.is_main():  # DDP: rank 0 drives the grid; this rank trains its jobs with it
         runner.follow(options)
         return 0
+    try:
+        return drive(args, folder, cells, seeds, profile, options, teacher_path)
+    finally:
+        if distributed.active():
+            distributed.broadcast(None)  # the other ranks stop
+
+
+def drive(args, folder, cells, seeds, profile, options, teacher_path):
+    """Rank 0's (or the only process's) part of ``run``: the grid, its records and leaderboard."""
+    from kdbench import leaderboard, runner, store
+    from kdbench.teachers import default_cache_dir
+
     if not teacher_path:  # a wrong hash or an unreachable server stops here, before any training
         runner.download_teachers(cells, args.cache)
-    executor = make_executor(args)
-    from kdbench.teachers import default_cache_dir
+    executor = make_executor(args, cells)
 
     cache_dir = Path(args.cache).expanduser().resolve() if args.cache else default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
     executor.check_shared({"teacher cache": cache_dir, "plugin folder": folder / "plugin.py"})
     print(f"kdbench: {cells[0].experiment} ({profile or 'no'} profile): {len(cells)} cell(s) x {len(seeds)} seed(s) -> {args.out}")
-    try:
-        records, all_ok = runner.run_grid(cells, seeds, options, executor)
-    finally:
-        if distributed.active():
-            distributed.broadcast(None)  # the other ranks stop
+    records, all_ok = runner.run_grid(cells, seeds, options, executor)
     table = leaderboard.render(records, "md")
     print("\n" + table)
     # the saved leaderboard is the whole experiment's: every record under --out, from this and
@@ -238,20 +247,40 @@ def teacher_url_sets(value):
     return [f"teacher.url={url}", f"teacher.sha256={sha256}"]
 
 
-def make_executor(args):
+def make_executor(args, cells):
     from kdbench import distributed, executors
 
-    if args.workers < 1:
-        raise ConfigError(f"--workers {args.workers}: give a number of processes >= 1")
-    if distributed.launched() and (args.workers > 1 or args.executor != "local"):
-        raise ConfigError("--workers and --executor ray do not combine with --ddp (each cell already trains on several processes)")
+    workers = args.workers
+    if workers is None and os.environ.get("KDBENCH_WORKERS"):
+        try:
+            workers = int(os.environ["KDBENCH_WORKERS"])
+        except ValueError:
+            raise ConfigError(f"KDBENCH_WORKERS={os.environ['KDBENCH_WORKERS']!r} is not a number of processes") from None
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers {workers}: give a number of processes >= 1")
     if args.executor == "ray":
-        if args.workers != 1:
+        if workers not in (None, 1):
             raise ConfigError("--workers is for the local executor; on Ray, --cpus-per-cell decides how many cells share a machine")
         return executors.RayExecutor(args.ray_address, args.cpus_per_cell, args.gpus_per_cell, args.device)
     if args.ray_address or args.cpus_per_cell != 1.0 or args.gpus_per_cell:
         raise ConfigError("--ray-address, --cpus-per-cell and --gpus-per-cell need --executor ray")
-    return executors.ProcessExecutor(args.workers) if args.workers > 1 else executors.LocalExecutor()
+    if workers is None:
+        workers = 1 if distributed.launched() else default_workers(cells, args.device)
+    return executors.ProcessExecutor(workers) if workers > 1 else executors.LocalExecutor()
+
+
+def default_workers(cells, device):
+    """One worker per core where that cannot change a result: on the CPU, with every cell pinning
+    train.threads (the thread count is part of a run's identity), as many workers as this
+    process's threads hold; else 1. The akd quick profile pins 1 thread: 2 workers on 2 cores."""
+    import torch
+
+    from kdbench.engine import resolve_device
+
+    pinned = [cell.config["train"]["threads"] for cell in cells]
+    if resolve_device(device).type != "cpu" or not all(pinned):
+        return 1
+    return max(1, torch.get_num_threads() // max(pinned))
 
 
 def cmd_list(args):

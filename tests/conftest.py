@@ -2,6 +2,7 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (shared 2-core machines)
 os.environ["KDBENCH_QUIET"] = "1"
+os.environ["KDBENCH_WORKERS"] = "1"  # in-process runs: tests monkeypatch what spawned workers would not see
 
 import textwrap
 from pathlib import Path

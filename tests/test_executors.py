@@ -69,3 +69,22 @@ def test_grid_progress_line():
     assert progress_line(7, 18, 133) == "[7/18 runs] 2m13s elapsed, ~3m29s left"
     assert progress_line(0, 4, 2.4) == "[0/4 runs] 2s elapsed, time left: after the first run"
     assert progress_line(1, 3, 4000) == "[1/3 runs] 1h06m elapsed, ~2h13m left"
+
+
+def test_default_workers_only_where_no_result_can_change(monkeypatch):
+    """--workers defaults to one per core only when every cell pins train.threads (the thread count
+    is part of a run's identity, so records then equal the sequential executor's); else 1."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from kdbench.cli import default_workers
+
+    def cells(*threads):
+        return [SimpleNamespace(config={"train": {"threads": t}}) for t in threads]
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert default_workers(cells(1, 1), "cpu") == 4
+    assert default_workers(cells(2, 1), "cpu") == 2
+    assert default_workers(cells(1, 0), "cpu") == 1  # a cell on torch's default threads
+    assert default_workers(cells(8), "cpu") == 1
