@@ -4,7 +4,8 @@ another in this process), ProcessExecutor (--workers N) and RayExecutor (--execu
 An executor has two methods: ``map(fn, jobs)`` yields ``(job, fn(job))`` as jobs finish (or
 ``(job, WorkerLost(...))`` for a job whose worker died under it), and ``placement(options)``
 says where each job will run: (device type, intra-op CPU threads per job), part of a run's
-identity; ``check_shared(paths)`` checks that its workers see the given folders. Jobs and
+identity; ``check_shared(paths)`` checks that its workers see the given folders;
+``map_teachers(fn, jobs)`` is ``map`` for the teachers the driver trains before the grid fans out. Jobs and
 records are plain picklable data, so a cluster executor only has to ship them; a job writes its
 record under its run folder's lock, and a remote one's record is written again by the driver.
 """
@@ -25,6 +26,8 @@ class LocalExecutor:
     def map(self, fn, jobs):
         for job in jobs:
             yield job, fn(job)
+
+    map_teachers = map
 
     def check_shared(self, paths):
         """Nothing to check: the jobs run on this machine."""
@@ -56,6 +59,11 @@ class ProcessExecutor:
         from kdbench.engine import resolve_device
 
         return resolve_device(options.device).type, self.threads
+
+    def map_teachers(self, fn, jobs):
+        """Teachers train here, in the driver, on all its threads, as without workers: a teacher's
+        floats depend on its thread count, and it must not depend on --workers."""
+        return LocalExecutor().map(fn, jobs)
 
     def map(self, fn, jobs):
         import multiprocessing
@@ -200,6 +208,10 @@ class RayExecutor:
     def placement(self, options):
         device = "cuda" if self.gpus and options.device != "cpu" else "cpu"
         return device, max(1, int(self.cpus))
+
+    def map_teachers(self, fn, jobs):
+        """Teachers train as tasks like the cells (the driver may have no GPU)."""
+        return self.map(fn, jobs)
 
     def map(self, fn, jobs):
         ray = self.ray

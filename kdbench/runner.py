@@ -286,7 +286,7 @@ def resolve_teachers(cells, options, executor, log):
             jobs.append(TeacherJob(spec, tuple(cell.plugin_dirs), options))
         users[key].append(cell.id)
     hashes, failed = {}, set()
-    for job, result in executor.map(teacher_checksum, jobs):
+    for job, result in executor.map_teachers(teacher_checksum, jobs):
         ids = users[json.dumps(job.spec, sort_keys=True, default=str)]
         if isinstance(result, WorkerLost):
             result = {"error": f"teacher {job.spec['model']}: WorkerLost: {result}"}

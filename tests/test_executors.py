@@ -23,9 +23,10 @@ def test_workers_give_the_sequential_records(tmp_path):
     from kdbench.cli import main
 
     folder = write_plugin(tmp_path / "softkd")
-    cache = ["--cache", str(tmp_path / "cache")]
-    assert main(["run", str(folder), *GRID, *cache, "--out", str(tmp_path / "one")]) == 0
-    assert main(["run", str(folder), *GRID, *cache, "--out", str(tmp_path / "two"), "--workers", "2"]) == 0
+    # a teacher cache each: the driver trains the teacher itself (on all its threads) with or
+    # without workers, so the teacher too, and with it every identity, is the same
+    assert main(["run", str(folder), *GRID, "--cache", str(tmp_path / "cache1"), "--out", str(tmp_path / "one")]) == 0
+    assert main(["run", str(folder), *GRID, "--cache", str(tmp_path / "cache2"), "--out", str(tmp_path / "two"), "--workers", "2"]) == 0
     one, two = runs(tmp_path / "one"), runs(tmp_path / "two")
     assert len(one) == 4 and one == two
 
