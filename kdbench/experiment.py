@@ -7,6 +7,7 @@ A plugin folder's ``kdbench.toml``::
     methods = ["scratch", "hinton"]   # the arms; every cell runs one of them
     seeds = [0, 1]
     profile = "quick"                 # the default profile
+    teachers = "../../teachers"       # shipped teachers (relative to this folder; optional)
 
     [data]     ... kdbench.config.DataConfig
     [teacher]  ... kdbench.config.TeacherConfig; other keys are the teacher model's options
@@ -44,7 +45,7 @@ from kdbench.spec import (TEACHER_FIELDS, check_method_options, check_type, conf
 
 SECTIONS = {"data": DataConfig, "train": TrainConfig, "measure": MeasureConfig}
 TOP_LEVEL = {"experiment", "data", "teacher", "student", "train", "method", "measure", "axes", "profiles"}
-EXPERIMENT_KEYS = {"name", "description", "methods", "seeds", "profile", "baseline"}
+EXPERIMENT_KEYS = {"name", "description", "methods", "seeds", "profile", "baseline", "teachers"}
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Cell:
     labels: dict  # axis -> the value chosen, for tables and folder names
     plugin_dirs: list = field(default_factory=list)
     baseline: str = "scratch"  # the arm that leaderboard gains are measured against
+    teacher_stores: list = field(default_factory=list)  # folders of shipped teachers, searched before the cache
 
     @property
     def id(self):
@@ -369,6 +371,7 @@ def expand(folder, registry, grid=(), sets=(), profile=None, seeds=None, plugin_
     # an axis is labelled on the arms whose config it changes (no temperature on scratch)
     applies = {(axis[0][0], arm) for axis in choices for arm in arms
                if len({config_hash(resolver.resolve(settings | assignment, arm)) for _, _, assignment in axis}) > 1}
+    stores = teacher_stores(folder, experiment_doc.get("teachers", []))
     cells, seen = [], set()
     for combo in itertools.product(*choices) if choices else [()]:
         combined = dict(settings)
@@ -378,7 +381,7 @@ def expand(folder, registry, grid=(), sets=(), profile=None, seeds=None, plugin_
             config = resolver.resolve(combined, arm)
             shown = {axis: label for axis, label, _ in combo if (axis, arm) in applies}
             cell = Cell(experiment_doc.get("name", Path(folder).resolve().name), config, {"method": arm} | shown,
-                        [str(Path(d).resolve()) for d in plugin_dirs], experiment_doc.get("baseline", "scratch"))
+                        [str(Path(d).resolve()) for d in plugin_dirs], experiment_doc.get("baseline", "scratch"), stores)
             # an axis that does not apply to an arm (a temperature for scratch) gives the same cell
             if cell.id not in seen:
                 seen.add(cell.id)
@@ -389,6 +392,20 @@ def expand(folder, registry, grid=(), sets=(), profile=None, seeds=None, plugin_
         seeds = doc.get("experiment", {}).get("seeds", [0])
         check_seeds(seeds, "experiment.seeds")
     return cells, list(seeds), profile
+
+
+def teacher_stores(folder, value):
+    """``[experiment] teachers``: folders of shipped teachers (relative to the plugin folder), laid
+    out like the cache (KEY/teacher.pt + meta.json). A teacher whose key is there is loaded from
+    there, so every machine distils from the same teacher; any other teacher is trained as usual."""
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise ConfigError(f"experiment.teachers = {value!r} should be a folder or a list of folders")
+    stores = [(Path(folder) / Path(n).expanduser()).resolve() for n in names]
+    for name, store in zip(names, stores):
+        if not store.is_dir():
+            raise ConfigError(f"experiment.teachers: {name!r} is not a folder (looked for {store})")
+    return [str(s) for s in stores]
 
 
 def axis_value(name, axis, raw, resolver, settings):

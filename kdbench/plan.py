@@ -31,8 +31,9 @@ MIN_STEPS, MIN_SECONDS, MAX_SECONDS = 3, 2.0, 10.0
 
 
 class Planner:
-    def __init__(self, registry, device, cache="", teacher_path=""):
+    def __init__(self, registry, device, cache="", teacher_path="", stores=()):
         self.registry = registry
+        self.stores = [Path(s) for s in stores]
         self.device = device
         self.cache_root = (Path(cache).expanduser() if cache else default_cache_dir()) / "teachers"
         self.teacher_path = teacher_path
@@ -49,8 +50,9 @@ class Planner:
         if key not in self.teachers:
             folder = self.cache_root / key
             given = bool(spec.get("path") or spec.get("url"))  # --teacher PATH or a URL: loaded, never trained
-            cached = given or ((folder / WEIGHTS).is_file() and (folder / META).is_file())
-            entry = {"spec": spec, "cached": cached, "used_by": [], "key": key, "given": given}
+            shipped = not given and any((s / key / META).is_file() for s in self.stores)
+            cached = given or shipped or ((folder / WEIGHTS).is_file() and (folder / META).is_file())
+            entry = {"spec": spec, "cached": cached, "used_by": [], "key": key, "given": given, "shipped": shipped}
             self.teachers[key] = entry
             with engine.preserved_rng():
                 method, ctx, timing = self.time_training(
@@ -183,7 +185,7 @@ def run_seconds(timing, train_cfg, test_passes=2):
 
 def estimate(cells, seeds, registry, device, out="runs", cache="", teacher_path=""):
     """The plan of a grid: cells (with timings), teachers, totals. Trains nothing, writes nothing."""
-    planner = Planner(registry, device, cache, teacher_path)
+    planner = Planner(registry, device, cache, teacher_path, cells[0].teacher_stores if cells else ())
     rows = [planner.cell(cell, seeds, out) for cell in cells]
     teachers = []
     for entry in planner.teachers.values():
@@ -223,7 +225,7 @@ def render(plan, cache_root):
     rows = []
     for t in plan["teachers"]:
         spec, timing = t["spec"], t["timing"]
-        status = "given (path or URL)" if t["given"] else "cached" if t["cached"] else "to train"
+        status = "given (path or URL)" if t["given"] else "shipped" if t["shipped"] else "cached" if t["cached"] else "to train"
         rows.append([spec["model"], spec["method"], t["key"], f"{t['params']:,}", status,
                      f"{spec['train']['epochs']} x {timing['steps_per_epoch']}", spec["train"]["batch_size"],
                      f"{timing['step_s'] * 1000:.1f}", duration(t["train_s"]) if not t["cached"] else "-",

@@ -54,6 +54,7 @@ class TeacherJob:
     spec: dict
     plugin_dirs: tuple
     options: RunOptions
+    stores: tuple = ()  # the experiment's shipped teachers
 
 
 def run_grid(cells, seeds, options, executor=None, log=print):
@@ -283,7 +284,7 @@ def resolve_teachers(cells, options, executor, log):
         key = json.dumps(spec, sort_keys=True, default=str)
         if key not in users:
             users[key] = []
-            jobs.append(TeacherJob(spec, tuple(cell.plugin_dirs), options))
+            jobs.append(TeacherJob(spec, tuple(cell.plugin_dirs), options, tuple(cell.teacher_stores)))
         users[key].append(cell.id)
     hashes, failed = {}, set()
     for job, result in executor.map_teachers(teacher_checksum, jobs):
@@ -292,7 +293,7 @@ def resolve_teachers(cells, options, executor, log):
             result = {"error": f"teacher {job.spec['model']}: WorkerLost: {result}"}
         if "sha256" in result:
             hashes.update(dict.fromkeys(ids, result["sha256"]))
-        elif options.teacher_path:  # the user's file: bad input stops the grid before training
+        elif result.get("given"):  # the user's or a shipped file: bad input stops the grid before training
             raise KDBenchError(result["error"])
         else:  # its cells fail with this error when they run; the rest of the grid goes on
             log(f"kdbench: {result['error']}")
@@ -303,16 +304,19 @@ def resolve_teachers(cells, options, executor, log):
 def teacher_checksum(job):
     """The sha256 of a teacher, trained into the cache first if it is missing ({"error": ...} if that fails)."""
     from kdbench import engine
+    from kdbench.teachers import teacher_key
 
+    given = bool(job.options.teacher_path)
     try:
         registry = registry_for(job.plugin_dirs, job.options.strict_plugins)
-        cache = teacher_cache(job.options.cache, registry, engine.resolve_device(job.options.device))
+        cache = teacher_cache(job.options.cache, registry, engine.resolve_device(job.options.device), job.stores)
+        given = given or cache.shipped(teacher_key(job.spec)) is not None
         return {"sha256": cache.checksum(job.spec)}
     except KeyboardInterrupt:
         raise
     except Exception as exc:
         why = str(exc) if isinstance(exc, KDBenchError) else f"{type(exc).__name__}: {exc}"
-        return {"error": f"teacher {job.spec['model']}: {why}"}
+        return {"error": f"teacher {job.spec['model']}: {why}", "given": given}
 
 
 def headline(record):
@@ -339,10 +343,10 @@ def registry_for(plugin_dirs, strict):
 
 
 @functools.lru_cache(maxsize=4)
-def teacher_cache(cache, registry, device):
+def teacher_cache(cache, registry, device, stores=()):
     from kdbench.teachers import TeacherCache, default_cache_dir
 
-    return TeacherCache(cache or default_cache_dir(), registry, device)
+    return TeacherCache(cache or default_cache_dir(), registry, device, stores=stores)
 
 
 def run_job(job):
@@ -411,7 +415,7 @@ def train_and_measure(job, on_epoch=None):
     cell, options = job.cell, job.options
     registry = registry_for(tuple(cell.plugin_dirs), options.strict_plugins)
     device = engine.resolve_device(options.device)
-    cache = teacher_cache(options.cache, registry, device)
+    cache = teacher_cache(options.cache, registry, device, tuple(cell.teacher_stores))
     config = cell.config
     method_cls = registry.get("methods", cell.method)
     teacher_spec = config["teacher"]

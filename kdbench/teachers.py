@@ -6,6 +6,11 @@ missing teacher is trained once (under a file lock, so parallel cells wait inste
 it twice) and shared by every cell and later run. On load the file's checksum is verified (a
 corrupt file is reported and retrained) and the teacher is measured on the test set, so every
 row records the accuracy of the teacher it really used.
+
+An experiment may ship its teachers (``[experiment] teachers``: folders laid out like the cache).
+They are searched first and never written: a teacher trained on another CPU is another teacher
+(its floats, and so its students, differ), so shipping it is what makes a quick table hold on
+every machine. A shipped file that fails its checksum is an error, not a retrain.
 """
 import hashlib
 import io
@@ -47,8 +52,9 @@ def teacher_key(spec):
 
 
 class TeacherCache:
-    def __init__(self, root, registry, device, warn=None):
+    def __init__(self, root, registry, device, warn=None, stores=()):
         self.root = Path(root).expanduser() / "teachers"
+        self.stores = [Path(s) for s in stores]  # shipped teachers, read-only, searched first
         self.registry = registry
         self.device = device
         self.warn = warn or (lambda msg: print(f"kdbench: {msg}", file=sys.stderr))
@@ -64,16 +70,24 @@ class TeacherCache:
                 return self.load_url(spec)
             key = teacher_key(spec)
             if key not in self.loaded:
-                folder = self.root / key
-                with store.file_lock(folder.with_suffix(".lock")):
-                    self.loaded[key] = self.load_cached(spec, folder) or self.train(spec, folder)
+                shipped = self.shipped(key)
+                if shipped:
+                    self.loaded[key] = self.load_cached(spec, shipped, shipped=True)
+                else:
+                    folder = self.root / key
+                    with store.file_lock(folder.with_suffix(".lock")):
+                        self.loaded[key] = self.load_cached(spec, folder) or self.train(spec, folder)
             return self.loaded[key]
+
+    def shipped(self, key):
+        """The shipped folder holding teacher ``key``, or None."""
+        return next((s / key for s in self.stores if (s / key / META).is_file()), None)
 
     def checksum(self, spec):
         """The sha256 of the checkpoint of teacher ``spec``: a cached one whose file matches its
         meta.json, else trained (or retrained) into the cache now; a ``path`` or ``url`` is loaded
         and checked."""
-        if not spec.get("path") and not spec.get("url"):
+        if not spec.get("path") and not spec.get("url") and not self.shipped(teacher_key(spec)):
             folder = self.root / teacher_key(spec)
             with store.file_lock(folder.with_suffix(".lock")):
                 try:
@@ -121,9 +135,11 @@ class TeacherCache:
         shutil.rmtree(folder / "work", ignore_errors=True)
         return self.load_cached(spec, folder)
 
-    def load_cached(self, spec, folder):
+    def load_cached(self, spec, folder, shipped=False):
         weights, meta_path = folder / WEIGHTS, folder / META
         if not weights.exists() or not meta_path.exists():
+            if shipped:
+                raise CheckpointError(f"shipped teacher {folder} has no {WEIGHTS}; restore it (git checkout) or remove the folder")
             return None
         # only a failed checksum or deserialisation is corruption: the files go and the teacher is
         # retrained. Anything later (building the model, the data, memory, a plugin's bug) is
@@ -134,11 +150,14 @@ class TeacherCache:
                 raise CheckpointError("checksum mismatch")
             modules = torch.load(weights, map_location="cpu", weights_only=True)["modules"]
         except (ValueError, KeyError, TypeError, EOFError, RuntimeError, pickle.UnpicklingError, CheckpointError) as exc:
+            if shipped:  # never deleted or replaced: another teacher would silently change every result
+                raise CheckpointError(f"shipped teacher {folder} is corrupt ({type(exc).__name__}: {exc}); restore it (git checkout)") from None
             self.warn(f"cached teacher {folder} is corrupt ({type(exc).__name__}: {exc}); retraining it")
             weights.unlink(missing_ok=True)
             meta_path.unlink(missing_ok=True)
             return None
-        return self.restore(spec, modules, meta["sha256"], str(weights), folder / "eval")
+        eval_dir = self.root / "external" / meta["sha256"][:16] if shipped else folder / "eval"
+        return self.restore(spec, modules, meta["sha256"], str(weights), eval_dir)
 
     def load_external(self, spec):
         path = Path(spec["path"]).expanduser()

@@ -30,6 +30,7 @@ def test_report_reruns_the_block_and_writes_intervals_machine_and_settings(tmp_p
     # the second setting: levels and gains per setting, and how far the levels moved
     assert "native: top1 best" in text and "default: top1 best" in text and "level moved" in text
     assert (tmp_path / "runs" / "cache" / "default" / "teachers").is_dir()  # a teacher cache per setting
+    assert re.search(r"Gains that moved from native beyond the seeds' noise \(.*\): (none|soft-kd .*)\.\n", text)
 
     # --no-run writes the same block from the records already there, without running anything
     report.generate(tmp_path, ["native", "default"], out=str(tmp_path / "runs"), seeds="0,1,2", run=False, log=lambda *_: None)
@@ -46,3 +47,21 @@ def test_report_rejects_bad_settings_and_unknown_plugins_before_running(tmp_path
     readme(tmp_path, write_plugin(tmp_path / "softkd"))
     with pytest.raises(ConfigError, match="no README block runs hinton; blocks run: softkd"):
         report.generate(tmp_path, only=["hinton"])
+
+
+def test_a_gain_that_moved_with_the_cpu_setting_is_named():
+    """The shift of a gain between two settings is the paired interval of its per-seed gains."""
+    def rows(gains):
+        out = []
+        for seed, gain in enumerate(gains):
+            for method, top1 in (("scratch", 80.0 + seed), ("kd", 80.0 + seed + gain)):
+                out.append({"experiment": "e", "cell_id": method, "seed": seed, "method": method, "baseline": "scratch",
+                            "labels": {"method": method}, "config": {}, "metrics": {"top1_best": top1, "top1_last": top1},
+                            "selection": {"metric": "top1", "direction": "max", "best_epoch": 1}, "directions": {"top1": "max"},
+                            "student": {"model": "mlp", "params": 10}, "teacher": None, "status": "ok"})
+        return out
+
+    text = report.render_settings({"native": rows([1.0, 1.2, 0.9]), "default": rows([1.1, 1.0, 1.0])})
+    assert "beyond the seeds' noise (the per-seed gains paired by seed, 95% interval of the shift): none." in text
+    text = report.render_settings({"native": rows([1.0, 1.2, 0.9]), "default": rows([3.0, 3.3, 3.1])})
+    assert re.search(r"noise \(.*\): kd under default \(\+2\.\d\d \[\+\d\.\d\d, \+\d\.\d\d\]\)\.", text)

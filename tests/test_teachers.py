@@ -1,6 +1,7 @@
 """The teacher cache: trained once and shared, verified on load, corrupt files retrained,
 bring-your-own checkpoints, weights_only loading."""
 import json
+import shutil
 
 import torch
 
@@ -96,3 +97,50 @@ def test_getting_a_teacher_leaves_the_random_streams_alone(plugin_dir, tmp_path)
         cache.loaded.clear()
         cache.get(cell.config["teacher"])
         assert torch.equal(torch.rand(3), expected)
+
+
+def ship_teachers(plugin_dir, cli, tmp_path):
+    """Train the experiment's teacher into the cache, then ship it: move it into a folder the
+    plugin's kdbench.toml names in [experiment] teachers (and forget the runs)."""
+    assert cli("run", str(plugin_dir), *GRID)[0] == 0
+    shutil.rmtree(tmp_path / "runs")
+    [weights] = cached_files(tmp_path)
+    store = plugin_dir / "shipped"
+    store.mkdir()
+    weights.parent.rename(store / weights.parent.name)
+    toml = plugin_dir / "kdbench.toml"
+    toml.write_text(toml.read_text().replace("[experiment]\n", "[experiment]\nteachers = \"shipped\"\n", 1))
+    return store / weights.parent.name
+
+
+def test_a_shipped_teacher_is_loaded_instead_of_trained(plugin_dir, cli, tmp_path):
+    shipped = ship_teachers(plugin_dir, cli, tmp_path)
+    digest = json.loads((shipped / "meta.json").read_text())["sha256"]
+    code, _, err = cli("run", str(plugin_dir), *GRID)
+    assert code == 0 and "training teacher" not in err, err
+    assert not cached_files(tmp_path)  # nothing trained into, or copied to, the user's cache
+    assert {r["teacher"]["sha256"] for r in records(tmp_path)} == {digest}
+    code, out, _ = cli("run", str(plugin_dir), *GRID, "--dry-run")
+    assert code == 0 and "shipped" in out
+
+    # a teacher setting the shipped file was not trained with: another teacher, trained as usual
+    code, _, err = cli("run", str(plugin_dir), *GRID, "--set", "teacher.train.lr=0.001")
+    assert code == 0 and "training teacher" in err and len(cached_files(tmp_path)) == 1
+
+
+def test_a_damaged_shipped_teacher_stops_the_grid_and_is_kept(plugin_dir, cli, tmp_path):
+    shipped = ship_teachers(plugin_dir, cli, tmp_path)
+    weights = shipped / "teacher.pt"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    code, out, err = cli("run", str(plugin_dir), *GRID)
+    assert code == 2 and "training teacher" not in err and "[1/" not in out
+    [line] = err.strip().splitlines()
+    assert f"shipped teacher {shipped} is corrupt (CheckpointError: checksum mismatch); restore it (git checkout)" in line
+    assert weights.exists() and not cached_files(tmp_path)
+
+
+def test_a_missing_teacher_folder_is_one_line_before_training(plugin_dir, cli, tmp_path):
+    toml = plugin_dir / "kdbench.toml"
+    toml.write_text(toml.read_text().replace("[experiment]\n", "[experiment]\nteachers = \"nowhere\"\n", 1))
+    code, _, err = cli("run", str(plugin_dir), *GRID)
+    assert code == 2 and err.strip() == f"kdbench: error: experiment.teachers: 'nowhere' is not a folder (looked for {(plugin_dir / 'nowhere').resolve()})"
