@@ -222,7 +222,12 @@ def drive(args, folder, cells, seeds, profile, options, teacher_path):
 
     cache_dir = Path(args.cache).expanduser().resolve() if args.cache else default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    executor.check_shared({"teacher cache": cache_dir, "plugin folder": folder / "plugin.py"})
+    shared = {"teacher cache": cache_dir, "plugin folder": folder / "plugin.py"}
+    for folder_of_teachers in cells[0].teacher_stores:  # probed by a file it holds: it is never written
+        shipped = next(Path(folder_of_teachers).glob("*/meta.json"), None)
+        if shipped:
+            shared[f"shipped teachers {folder_of_teachers}"] = shipped
+    executor.check_shared(shared)
     print(f"kdbench: {cells[0].experiment} ({profile or 'no'} profile): {len(cells)} cell(s) x {len(seeds)} seed(s) -> {args.out}")
     records, all_ok = runner.run_grid(cells, seeds, options, executor)
     table = leaderboard.render(records, "md")
