@@ -368,9 +368,17 @@ def expand(folder, registry, grid=(), sets=(), profile=None, seeds=None, plugin_
         else:
             raise ConfigError(did_you_mean(name, list(axes) + ["method"], "grid axis") + " (or a config key such as train.lr)")
     experiment_doc = doc.get("experiment", {})
-    # an axis is labelled on the arms whose config it changes (no temperature on scratch)
+    # an axis is labelled on the arms whose config it changes (no temperature on scratch): among
+    # the values given, the experiment's own setting and the axis's declared values, so that one
+    # value alone (--grid students=50) names its cells as a grid of several does, and they are reused
+    def candidates(axis):
+        name = axis[0][0]
+        declared = list(axes[name].get("values", {})) if name in axes else []
+        return ([assignment for _, _, assignment in axis] + [{}]
+                + [axis_value(name, axes[name], str(v), resolver, settings) for v in declared])
+
     applies = {(axis[0][0], arm) for axis in choices for arm in arms
-               if len({config_hash(resolver.resolve(settings | assignment, arm)) for _, _, assignment in axis}) > 1}
+               if len({config_hash(resolver.resolve(settings | assignment, arm)) for assignment in candidates(axis)}) > 1}
     stores = teacher_stores(folder, experiment_doc.get("teachers", []))
     cells, seen = [], set()
     for combo in itertools.product(*choices) if choices else [()]:

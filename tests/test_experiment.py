@@ -122,3 +122,15 @@ def test_an_axis_value_equal_to_the_default_is_still_labelled(setup):
     folder, registry = setup
     cells, _, _ = expand(folder, registry, grid=["temperature=4,8"])  # 4.0 is the file's default
     assert sorted(c.labels.get("temperature", "-") for c in cells) == ["-", "4", "8"]
+
+
+def test_one_axis_value_names_its_cells_as_a_grid_of_several_does(setup):
+    """--grid size=small alone gives the cells (and run folders) of --grid size=small,big, so the
+    finished runs of the larger grid are reused; an axis that changes nothing for an arm (a
+    temperature for scratch) still labels none of its cells."""
+    folder, registry = setup
+    both, _, _ = expand(folder, registry, grid=["size=small,big"])
+    one, _, _ = expand(folder, registry, grid=["size=small"])
+    assert {c.name for c in one} <= {c.name for c in both} and len(one) == 2
+    temperature, _, _ = expand(folder, registry, grid=["temperature=8"])
+    assert {c.method: c.labels.get("temperature") for c in temperature} == {"scratch": None, "soft-kd": "8"}
