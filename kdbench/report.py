@@ -234,14 +234,15 @@ def levels(records):
     return out
 
 
-def seed_gains(records):
-    """``{arm: {seed: gain}}``: the per-seed differences behind ``gains_best``, signed so that
-    positive is better."""
+def seed_gains(records, metric=None):
+    """``{arm: {seed: gain}}``: the per-seed differences of ``metric`` (default: the primary one)
+    at the best epoch against the baseline, signed so that positive is better."""
     primary, directions = headline_metrics(records)
+    metric = metric or primary
     all_cells = cells(records)
     labels = arm_labels(records)
-    sign = 1.0 if directions[primary] == "max" else -1.0
-    column = f"{primary}_best"
+    sign = 1.0 if directions[metric] == "max" else -1.0
+    column = f"{metric}_best"
     out = {}
     for first, by_seed in all_cells:
         base = baseline_of(first, all_cells)
@@ -250,17 +251,19 @@ def seed_gains(records):
     return out
 
 
-def gains_best(records):
-    """``{arm: Gain}`` of the primary metric at the best epoch against the baseline."""
-    return {arm: stats.paired_gain(diffs, dict.fromkeys(diffs, 0.0)) for arm, diffs in seed_gains(records).items()}
+def gains_best(records, metric=None):
+    """``{arm: Gain}`` of ``metric`` (default: the primary one) at the best epoch against the baseline."""
+    return {arm: stats.paired_gain(diffs, dict.fromkeys(diffs, 0.0)) for arm, diffs in seed_gains(records, metric).items()}
 
 
 def render_settings(by_setting):
-    """How far each arm's level and gain moved across the CPU settings (primary metric, best epoch)."""
+    """How far each arm's level and gains moved across the CPU settings (best epoch): the primary
+    metric's levels and gains, then the gains of the other metrics with a direction."""
     names = list(by_setting)
-    primary, _ = headline_metrics(next(iter(by_setting.values())))
+    primary, directions = headline_metrics(next(iter(by_setting.values())))
+    metric_names = [primary, *[m for m in directions if m != primary]]
     level = {n: levels(by_setting[n]) for n in names}
-    gain = {n: gains_best(by_setting[n]) for n in names}
+    gain = {(n, m): gains_best(by_setting[n], m) for n in names for m in metric_names}
     arms = list(dict.fromkeys(a for n in names for a in level[n]))
     header = ["arm", *[f"{n}: {primary} best" for n in names], "level moved", *[f"{n}: gain (best)" for n in names]]
     lines = [f"The same grid under each CPU setting ({primary} at the best epoch, mean over seeds; gains as above):", "",
@@ -270,26 +273,33 @@ def render_settings(by_setting):
         values = [level[n].get(arm) for n in names]
         known = [v for v in values if v is not None]
         moves[arm] = max(known) - min(known) if len(known) > 1 else float("nan")
-        gains = [fmt_gain(gain[n][arm]) if arm in gain[n] else "" for n in names]
+        gains = [fmt_gain(gain[n, primary][arm]) if arm in gain[n, primary] else "" for n in names]
         lines.append("| " + " | ".join([arm, *[leaderboard.fmt(v) for v in values], leaderboard.fmt(moves[arm]), *gains]) + " |")
+    if len(metric_names) > 1:
+        lines += ["", "The other metrics' gains at the best epoch, under each setting:", "",
+                  "| arm | metric | " + " | ".join(f"{n}: gain (best)" for n in names) + " |", "|" + "---|" * (2 + len(names))]
+        for metric in metric_names[1:]:
+            for arm in gain[names[0], metric]:
+                cols = [fmt_gain(gain[n, metric][arm]) if arm in gain[n, metric] else "" for n in names]
+                lines.append("| " + " | ".join([arm, metric.replace("_", " "), *cols]) + " |")
     worst = max((a for a in moves if moves[a] == moves[a]), key=lambda a: moves[a], default=None)
-    first = gain[names[0]]
-    held = [a for a in first if all(a in gain[n] and gain[n][a].significant for n in names)]
-    inside = [(a, n) for a in first for n in names[1:] if a in gain[n] and first[a].low <= gain[n][a].mean <= first[a].high]
-    pairs = sum(1 for a in first for n in names[1:] if a in gain[n])
+    # every (arm, metric) gain of the first setting, named "arm" for the primary metric
+    keys = [(a, m) for m in metric_names for a in gain[names[0], m]]
+    label = {(a, m): a if m == primary else f"{a} ({m.replace('_', ' ')})" for a, m in keys}
+    held = [label[k] for k in keys if all(k[0] in gain[n, k[1]] and gain[n, k[1]][k[0]].significant for n in names)]
+    first = {k: gain[names[0], k[1]][k[0]] for k in keys}
+    compared = [(k, n) for k in keys for n in names[1:] if k[0] in gain[n, k[1]]]
+    inside = [(k, n) for k, n in compared if first[k].low <= gain[n, k[1]][k[0]].mean <= first[k].high]
     summary = f"Across the settings the levels moved by up to {moves[worst]:.2f} ({worst}). " if worst else ""
-    summary += (f"{len(inside)} of {pairs} gains under {', '.join(names[1:])} lie inside the {names[0]} interval; "
+    summary += (f"{len(inside)} of {len(compared)} gains under {', '.join(names[1:])} lie inside the {names[0]} interval; "
                 f"significant under every setting: {', '.join(held) if held else 'none'}. ")
     # a replicate's mean falls outside the first run's 95% interval about one time in six by chance
     # alone; whether the CPU setting moved a gain is the paired test of the per-seed gains
-    per_seed = {n: seed_gains(by_setting[n]) for n in names}
     moved = []
-    for arm in first:
-        for n in names[1:]:
-            if arm in per_seed[n]:
-                shift = stats.paired_gain(per_seed[n][arm], per_seed[names[0]][arm])
-                if shift.significant:
-                    moved.append(f"{arm} under {n} ({fmt_gain(shift).rstrip(' *')})")
+    for (arm, metric), n in compared:
+        shift = stats.paired_gain(seed_gains(by_setting[n], metric)[arm], seed_gains(by_setting[names[0]], metric)[arm])
+        if shift.significant:
+            moved.append(f"{label[arm, metric]} under {n} ({fmt_gain(shift).rstrip(' *')})")
     summary += (f"Gains that moved from {names[0]} beyond the seeds' noise (the per-seed gains paired by seed, "
                 f"95% interval of the shift): {'; '.join(moved) if moved else 'none'}.")
     return "\n".join(lines) + "\n\n" + summary + "\n"

@@ -24,7 +24,7 @@ def test_report_reruns_the_block_and_writes_intervals_machine_and_settings(tmp_p
     assert text.startswith("# Title\n\nKept as written.\n\n") and text.endswith("<!-- /kdbench-report -->\n\nAlso kept.\n")
     assert "old table" not in text and f"`python -m kdbench run {plugin} --grid temperature=8` — 3 seeds (0, 1, 2)" in text
     assert "setting `native`" in text and "torch " in text
-    row = next(line for line in text.splitlines() if line.startswith("| soft-kd |"))
+    row = next(line for line in text.splitlines() if line.startswith("| soft-kd temperature=8 |"))
     assert " ± " in row and re.search(r"[-+]\d+\.\d\d \[[-+]\d+\.\d\d, [-+]\d+\.\d\d\] (\*|n\.s\.)", row)  # mean ± interval; gain [interval] verdict
     assert "| teacher |" in text
     # the second setting: levels and gains per setting, and how far the levels moved
