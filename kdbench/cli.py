@@ -197,7 +197,7 @@ def run_grid(args):
         from kdbench import plan
 
         print(f"kdbench: {cells[0].experiment} ({profile or 'no'} profile): timing a few steps of each configuration ...")
-        print(plan.dry_run(cells, seeds, registry, options)[1])
+        print(plan.dry_run(cells, seeds, registry, options, resolve_workers(args, cells))[1])
         return 0
     if distributed.launched() and (args.workers not in (None, 1) or args.executor != "local"):
         raise ConfigError("--workers and --executor ray do not combine with --ddp (each cell already trains on several processes)")
@@ -253,7 +253,18 @@ def teacher_url_sets(value):
 
 
 def make_executor(args, cells):
-    from kdbench import distributed, executors
+    from kdbench import executors
+
+    workers = resolve_workers(args, cells)
+    if args.executor == "ray":
+        return executors.RayExecutor(args.ray_address, args.cpus_per_cell, args.gpus_per_cell, args.device)
+    return executors.ProcessExecutor(workers) if workers > 1 else executors.LocalExecutor()
+
+
+def resolve_workers(args, cells):
+    """How many cells run at once on this machine (--workers, $KDBENCH_WORKERS or the default);
+    1 with Ray (its resources decide) and under DDP."""
+    from kdbench import distributed
 
     workers = args.workers
     if workers is None and os.environ.get("KDBENCH_WORKERS"):
@@ -266,12 +277,12 @@ def make_executor(args, cells):
     if args.executor == "ray":
         if workers not in (None, 1):
             raise ConfigError("--workers is for the local executor; on Ray, --cpus-per-cell decides how many cells share a machine")
-        return executors.RayExecutor(args.ray_address, args.cpus_per_cell, args.gpus_per_cell, args.device)
+        return 1
     if args.ray_address or args.cpus_per_cell != 1.0 or args.gpus_per_cell:
         raise ConfigError("--ray-address, --cpus-per-cell and --gpus-per-cell need --executor ray")
     if workers is None:
         workers = 1 if distributed.launched() else default_workers(cells, args.device)
-    return executors.ProcessExecutor(workers) if workers > 1 else executors.LocalExecutor()
+    return workers
 
 
 def default_workers(cells, device):

@@ -183,8 +183,10 @@ def run_seconds(timing, train_cfg, test_passes=2):
     return timing["step_s"] * timing["steps_per_epoch"] * epochs + val_passes * timing["val_s"] + test_passes * test_s
 
 
-def estimate(cells, seeds, registry, device, out="runs", cache="", teacher_path=""):
-    """The plan of a grid: cells (with timings), teachers, totals. Trains nothing, writes nothing."""
+def estimate(cells, seeds, registry, device, out="runs", cache="", teacher_path="", workers=1):
+    """The plan of a grid: cells (with timings), teachers, totals. Trains nothing, writes nothing.
+    With ``workers`` processes the runs share the wall time (the longest run at least); teachers
+    train first, in the driver."""
     planner = Planner(registry, device, cache, teacher_path, cells[0].teacher_stores if cells else ())
     rows = [planner.cell(cell, seeds, out) for cell in cells]
     teachers = []
@@ -193,14 +195,21 @@ def estimate(cells, seeds, registry, device, out="runs", cache="", teacher_path=
         # training, then measured once on the test set when it is loaded
         train_s = 0.0 if entry["cached"] else run_seconds(entry["timing"], spec["train"], test_passes=3)
         teachers.append(entry | {"train_s": train_s})
-    runs_s = sum(r["per_run_s"] * len(r["todo"]) for r in rows)
+    runs_s = runs_wall_seconds(rows, workers)
     return {
         "device": str(device), "device_name": device_name(device), "threads": torch.get_num_threads(),
-        "cells": rows, "teachers": teachers, "seeds": list(seeds),
+        "cells": rows, "teachers": teachers, "seeds": list(seeds), "workers": workers,
         "runs": sum(len(r["todo"]) for r in rows), "finished": sum(len(r["seeds"]) - len(r["todo"]) for r in rows),
         "teachers_s": sum(t["train_s"] for t in teachers), "runs_s": runs_s,
         "total_s": runs_s + sum(t["train_s"] for t in teachers),
     }
+
+
+def runs_wall_seconds(rows, workers=1):
+    """The runs' wall time: one after another, or shared by ``workers`` processes (but never less
+    than the longest run)."""
+    total = sum(r["per_run_s"] * len(r["todo"]) for r in rows)
+    return max([total / workers] + [r["per_run_s"] for r in rows if r["todo"]]) if workers > 1 else total
 
 
 def duration(seconds):
@@ -247,7 +256,8 @@ def render(plan, cache_root):
     lines += [
         "",
         f"estimate: {duration(plan['total_s'])} ({plan['total_s']:.0f} s) in all (teachers {duration(plan['teachers_s'])}, runs {duration(plan['runs_s'])}), "
-        f"one run after another on this {plan['device']} device",
+        + (f"{plan['workers']} runs at a time (--workers), each as fast as timed here" if plan["workers"] > 1
+           else "one run after another") + f" on this {plan['device']} device",
         "assumptions: each (model, method and options, batch, data) had its training steps timed here (the median "
         f"after one warm-up step; {MIN_STEPS}+ steps and {MIN_SECONDS:.0f}s, or {MAX_SECONDS:.0f}s at most) with the teacher at its initialisation; a run "
         "is epochs x steps at that rate, plus its validation passes (one timed, or its first batch scaled by the split "
@@ -257,10 +267,10 @@ def render(plan, cache_root):
     return "\n".join(lines)
 
 
-def dry_run(cells, seeds, registry, options):
+def dry_run(cells, seeds, registry, options, workers=1):
     """What ``run --dry-run`` prints."""
     device = engine.resolve_device(options.device)
-    plan = estimate(cells, seeds, registry, device, options.out, options.cache, options.teacher_path)
+    plan = estimate(cells, seeds, registry, device, options.out, options.cache, options.teacher_path, workers)
     cache_root = (Path(options.cache).expanduser() if options.cache else default_cache_dir()) / "teachers"
     return plan, render(plan, cache_root)
 

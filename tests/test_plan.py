@@ -5,6 +5,7 @@ import re
 import time
 
 from conftest import REPO
+from kdbench import plan
 from kdbench.cli import main
 
 PLUGIN = REPO / "plugins" / "hinton"
@@ -36,3 +37,21 @@ def test_dry_run_estimate_is_within_a_factor_of_two_of_the_run(tmp_path, capsys)
     out = capsys.readouterr().out
     assert "= 0 run(s) to do, 1 already finished in --out" in out and "| cached " in out
     assert re.search(r"estimate: \S+ \(0 s\) in all", out)
+
+
+def test_dry_run_shares_the_runs_among_the_workers(tmp_path, capsys):
+    """With --workers 2 the runs' part of the estimate is half of one after another (the longest
+    run at least), as the run itself shares them."""
+    args = ["run", str(PLUGIN), "--grid", "method=hinton,scratch", "--seeds", "0,1", "--set", "teacher.train.epochs=1",
+            "--set", "train.threads=1", "--device", "cpu", "--out", str(tmp_path / "runs"), "--cache", str(tmp_path / "cache"), "--dry-run"]
+    runs = {}
+    for workers in ("1", "2"):
+        assert main(args + ["--workers", workers]) == 0
+        out = capsys.readouterr().out
+        runs[workers] = out
+    assert "), one run after another on this cpu device" in runs["1"]
+    assert "), 2 runs at a time (--workers), each as fast as timed here on this cpu device" in runs["2"]
+    rows = [{"per_run_s": 10.0, "todo": [0, 1]}, {"per_run_s": 30.0, "todo": [0]}, {"per_run_s": 99.0, "todo": []}]
+    assert plan.runs_wall_seconds(rows) == 50.0
+    assert plan.runs_wall_seconds(rows, 2) == 30.0  # the longest run, not 25
+    assert plan.runs_wall_seconds(rows + [{"per_run_s": 10.0, "todo": [0, 1, 2, 3]}], 2) == 45.0
