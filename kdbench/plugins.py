@@ -10,6 +10,7 @@ a folder plugin: sha256 over its ``*.py`` files (relative paths and bytes, tests
 left out); an installed distribution: its name, version and a hash of its files; the built-ins:
 kdbench's version.
 """
+import functools
 import hashlib
 import importlib
 import json
@@ -64,7 +65,7 @@ def load_registry(plugin_dirs=(), strict=None, warn=None):
 
     registry = Registry()
     pm.register(builtin, name=BUILTIN)
-    registry.plugins[BUILTIN] = plugin_info(BUILTIN, kdbench.__version__, "builtin", version_fingerprint("kdbench", kdbench.__version__))
+    registry.plugins[BUILTIN] = plugin_info(BUILTIN, kdbench.__version__, "builtin", engine_fingerprint())
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in folders:
             warn(f"plugin folder {folders[ep.name]} replaces the installed plugin {ep.name!r} ({ep.value}) of the same name")
@@ -127,8 +128,30 @@ def plugin_info(name, version, source, fingerprint):
     return {"name": name, "version": None if version is None else str(version), "fingerprint": fingerprint, "source": source}
 
 
-def version_fingerprint(name, version):
-    return hashlib.sha256(f"{name}=={version}".encode()).hexdigest()
+# kdbench's modules that only parse the command line, present, plan or test runs: editing them
+# cannot change a result, so they are left out of the engine's fingerprint
+NOT_RESULTS = {"__main__.py", "cli.py", "errors.py", "leaderboard.py", "loggers.py", "plan.py", "report.py", "scaffold.py", "stats.py"}
+
+
+@functools.lru_cache(maxsize=1)
+def engine_fingerprint():
+    """sha256 over kdbench's version, its sources that can change a result (the engine, data, zoo,
+    losses, runner, ...; not NOT_RESULTS), the fused kernels' sources and whether the compiled op
+    loaded (the kernels and the reference losses round differently). A record made by other
+    engine code is stale, as one made by other plugin code is."""
+    import kdbench
+    import kdbench_ext
+
+    digest = hashlib.sha256(f"kdbench=={kdbench.__version__}\0ext={kdbench_ext.available()}\0".encode())
+    for package in (kdbench, kdbench_ext):
+        root = Path(package.__file__).resolve().parent
+        files = [p for p in root.rglob("*") if p.is_file() and p.suffix in (".py", ".cpp", ".h", ".cu")]
+        for path in sorted(files, key=lambda p: p.relative_to(root).as_posix()):
+            rel = path.relative_to(root)
+            if "__pycache__" in rel.parts or (package is kdbench and rel.as_posix() in NOT_RESULTS):
+                continue
+            digest.update(f"{root.name}/{rel.as_posix()}".encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def folder_fingerprint(folder):

@@ -260,7 +260,7 @@ def stale_reason(recorded, expected):
         if old.get(name) == new.get(name):
             continue
         if name == BUILTIN:
-            reasons.append("kdbench version changed")
+            reasons.append("kdbench code changed")
         elif name not in old:
             reasons.append(f"plugin {name!r} now supplies a component")
         elif name not in new:

@@ -1,6 +1,7 @@
 """Run identity: a finished record is reused only while its config, seed, teacher checkpoint,
 plugin code and placement are unchanged; stale records are rerun, or kept and marked."""
 import json
+from pathlib import Path
 
 import torch
 
@@ -97,5 +98,32 @@ def test_stale_reasons():
     assert runner.stale_reason(new, new) is None
     assert runner.stale_reason(old, new) == (
         "teacher changed; device or thread count changed; plugin 'a' code changed; plugin 'b' now supplies a component; "
-        "plugin 'c' no longer supplies a component; kdbench version changed")
+        "plugin 'c' no longer supplies a component; kdbench code changed")
     assert runner.stale_reason(None, new) == "recorded before kdbench tracked run identity"
+
+
+def test_the_engine_fingerprint_follows_the_code_that_computes_results(tmp_path):
+    """kdbench's fingerprint (the built-in plugin's, in every record's identity) changes when a
+    source that can change a result changes, and not for one that only presents results."""
+    import shutil
+    import subprocess
+    import sys
+
+    import kdbench
+    import kdbench_ext
+
+    for package in (kdbench, kdbench_ext):
+        source = Path(package.__file__).parent
+        shutil.copytree(source, tmp_path / source.name, ignore=shutil.ignore_patterns("__pycache__"))
+
+    def fingerprint():
+        code = "from kdbench.plugins import engine_fingerprint; print(engine_fingerprint())"
+        return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+
+    first = fingerprint()
+    with open(tmp_path / "kdbench" / "report.py", "a") as f:
+        f.write("\n# a presentation change\n")
+    assert fingerprint() == first
+    with open(tmp_path / "kdbench" / "engine.py", "a") as f:
+        f.write("\n# an engine change\n")
+    assert fingerprint() != first
