@@ -214,7 +214,7 @@ def run_grid(args):
 def drive(args, folder, cells, seeds, profile, options, teacher_path):
     """Rank 0's (or the only process's) part of ``run``: the grid, its records and leaderboard."""
     from kdbench import leaderboard, runner, store
-    from kdbench.teachers import default_cache_dir
+    from kdbench.teachers import META, default_cache_dir
 
     if not teacher_path:  # a wrong hash or an unreachable server stops here, before any training
         runner.download_teachers(cells, args.cache)
@@ -224,7 +224,7 @@ def drive(args, folder, cells, seeds, profile, options, teacher_path):
     cache_dir.mkdir(parents=True, exist_ok=True)
     shared = {"teacher cache": cache_dir, "plugin folder": folder / "plugin.py"}
     for folder_of_teachers in cells[0].teacher_stores:  # probed by a file it holds: it is never written
-        shipped = next(Path(folder_of_teachers).glob("*/meta.json"), None)
+        shipped = next(Path(folder_of_teachers).glob(f"*/{META}"), None)
         if shipped:
             shared[f"shipped teachers {folder_of_teachers}"] = shipped
     executor.check_shared(shared)

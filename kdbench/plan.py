@@ -21,7 +21,7 @@ from kdbench import engine, store
 from kdbench.measure import count_params, device_name, synchronize
 from kdbench.precision import autocast
 from kdbench.spec import config_hash, model_options, resolve_teacher
-from kdbench.teachers import META, WEIGHTS, default_cache_dir, teacher_key
+from kdbench.teachers import META, WEIGHTS, default_cache_dir, shipped_folder, teacher_key
 
 # A step is timed after one warm-up step (allocations, kernel selection), repeatedly until both
 # MIN_STEPS steps and MIN_SECONDS have been timed, or MAX_SECONDS have passed; the median step
@@ -33,7 +33,7 @@ MIN_STEPS, MIN_SECONDS, MAX_SECONDS = 3, 2.0, 10.0
 class Planner:
     def __init__(self, registry, device, cache="", teacher_path="", stores=()):
         self.registry = registry
-        self.stores = [Path(s) for s in stores]
+        self.stores = stores
         self.device = device
         self.cache_root = (Path(cache).expanduser() if cache else default_cache_dir()) / "teachers"
         self.teacher_path = teacher_path
@@ -50,7 +50,7 @@ class Planner:
         if key not in self.teachers:
             folder = self.cache_root / key
             given = bool(spec.get("path") or spec.get("url"))  # --teacher PATH or a URL: loaded, never trained
-            shipped = not given and any((s / key / META).is_file() for s in self.stores)
+            shipped = not given and shipped_folder(self.stores, key) is not None
             cached = given or shipped or ((folder / WEIGHTS).is_file() and (folder / META).is_file())
             entry = {"spec": spec, "cached": cached, "used_by": [], "key": key, "given": given, "shipped": shipped}
             self.teachers[key] = entry

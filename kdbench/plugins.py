@@ -142,26 +142,23 @@ def engine_fingerprint():
     import kdbench
     import kdbench_ext
 
-    digest = hashlib.sha256(f"kdbench=={kdbench.__version__}\0ext={kdbench_ext.available()}\0".encode())
-    for package in (kdbench, kdbench_ext):
-        root = Path(package.__file__).resolve().parent
-        files = [p for p in root.rglob("*") if p.is_file() and p.suffix in (".py", ".cpp", ".h", ".cu")]
-        for path in sorted(files, key=lambda p: p.relative_to(root).as_posix()):
-            rel = path.relative_to(root)
-            if "__pycache__" in rel.parts or (package is kdbench and rel.as_posix() in NOT_RESULTS):
-                continue
-            digest.update(f"{root.name}/{rel.as_posix()}".encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
+    parts = [f"kdbench=={kdbench.__version__}", f"ext={kdbench_ext.available()}",
+             folder_fingerprint(Path(kdbench.__file__).parent, skip=NOT_RESULTS),
+             folder_fingerprint(Path(kdbench_ext.__file__).parent, suffixes=(".py", ".cpp", ".h", ".cu"))]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-def folder_fingerprint(folder):
-    """sha256 over a plugin folder's Python sources: sorted relative paths and their bytes
-    (tests, test_*.py and __pycache__ left out: they do not change what a run computes)."""
+def folder_fingerprint(folder, suffixes=(".py",), skip=()):
+    """sha256 over a folder's sources (a plugin's Python files by default): sorted relative paths
+    and their bytes (tests, test_*.py, __pycache__ and the relative paths in ``skip`` left out:
+    they do not change what a run computes)."""
     folder = Path(folder).resolve()
     digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*.py"), key=lambda p: p.relative_to(folder).as_posix()):
+    files = [p for p in folder.rglob("*") if p.suffix in suffixes and p.is_file()]
+    for path in sorted(files, key=lambda p: p.relative_to(folder).as_posix()):
         rel = path.relative_to(folder)
-        if any(part in ("__pycache__", "tests", "test") for part in rel.parts[:-1]) or rel.name.startswith("test_"):
+        if (any(part in ("__pycache__", "tests", "test") for part in rel.parts[:-1]) or rel.name.startswith("test_")
+                or rel.as_posix() in skip):
             continue
         digest.update(rel.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()

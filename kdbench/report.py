@@ -234,11 +234,10 @@ def levels(records):
     return out
 
 
-def seed_gains(records, metric=None):
-    """``{arm: {seed: gain}}``: the per-seed differences of ``metric`` (default: the primary one)
-    at the best epoch against the baseline, signed so that positive is better."""
-    primary, directions = headline_metrics(records)
-    metric = metric or primary
+def seed_gains(records, metric):
+    """``{arm: {seed: gain}}``: the per-seed differences of ``metric`` at the best epoch against
+    the baseline, signed so that positive is better."""
+    _, directions = headline_metrics(records)
     all_cells = cells(records)
     labels = arm_labels(records)
     sign = 1.0 if directions[metric] == "max" else -1.0
@@ -251,9 +250,9 @@ def seed_gains(records, metric=None):
     return out
 
 
-def gains_best(records, metric=None):
-    """``{arm: Gain}`` of ``metric`` (default: the primary one) at the best epoch against the baseline."""
-    return {arm: stats.paired_gain(diffs, dict.fromkeys(diffs, 0.0)) for arm, diffs in seed_gains(records, metric).items()}
+def gains_of(per_seed):
+    """``{arm: Gain}`` (mean and 95% interval) from ``{arm: {seed: gain}}``."""
+    return {arm: stats.paired_gain(diffs, dict.fromkeys(diffs, 0.0)) for arm, diffs in per_seed.items()}
 
 
 def render_settings(by_setting):
@@ -263,7 +262,8 @@ def render_settings(by_setting):
     primary, directions = headline_metrics(next(iter(by_setting.values())))
     metric_names = [primary, *[m for m in directions if m != primary]]
     level = {n: levels(by_setting[n]) for n in names}
-    gain = {(n, m): gains_best(by_setting[n], m) for n in names for m in metric_names}
+    per_seed = {(n, m): seed_gains(by_setting[n], m) for n in names for m in metric_names}
+    gain = {key: gains_of(diffs) for key, diffs in per_seed.items()}
     arms = list(dict.fromkeys(a for n in names for a in level[n]))
     header = ["arm", *[f"{n}: {primary} best" for n in names], "level moved", *[f"{n}: gain (best)" for n in names]]
     lines = [f"The same grid under each CPU setting ({primary} at the best epoch, mean over seeds; gains as above):", "",
@@ -297,7 +297,7 @@ def render_settings(by_setting):
     # alone; whether the CPU setting moved a gain is the paired test of the per-seed gains
     moved = []
     for (arm, metric), n in compared:
-        shift = stats.paired_gain(seed_gains(by_setting[n], metric)[arm], seed_gains(by_setting[names[0]], metric)[arm])
+        shift = stats.paired_gain(per_seed[n, metric][arm], per_seed[names[0], metric][arm])
         if shift.significant:
             moved.append(f"{label[arm, metric]} under {n} ({fmt_gain(shift).rstrip(' *')})")
     summary += (f"Gains that moved from {names[0]} beyond the seeds' noise (the per-seed gains paired by seed, "

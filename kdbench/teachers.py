@@ -46,6 +46,11 @@ def sha256_file(path):
     return digest.hexdigest()
 
 
+def shipped_folder(stores, key):
+    """The folder of teacher ``key`` among the shipped teacher folders ``stores``, or None."""
+    return next((Path(s) / key for s in stores if (Path(s) / key / META).is_file()), None)
+
+
 def teacher_key(spec):
     shaping = {k: v for k, v in spec.items() if k != "path"}
     return config_hash({"version": CACHE_VERSION, "teacher": shaping})[:16]
@@ -81,7 +86,7 @@ class TeacherCache:
 
     def shipped(self, key):
         """The shipped folder holding teacher ``key``, or None."""
-        return next((s / key for s in self.stores if (s / key / META).is_file()), None)
+        return shipped_folder(self.stores, key)
 
     def checksum(self, spec):
         """The sha256 of the checkpoint of teacher ``spec``: a cached one whose file matches its
