@@ -96,6 +96,7 @@ class Context:
         self.schedulers = []
         self.taps = []
         self.stream = None  # this epoch's training batches (ctx.next_batch)
+        self.sample_indices = False  # training batches carry the samples' indices (Method.wants_indices)
         self.best = None  # the best-epoch snapshot (ctx.best_state)
         self.student = self.add_module("student", student)
         self.teacher = teacher.model if teacher else None
@@ -282,6 +283,7 @@ def prepare(*, registry, role, model_spec, method_name, method_options, data_cfg
 def build_method(method_cls, config, ctx):
     """The method on ``ctx``, with its default optimizer (the student and every trainable module)
     unless its __init__ set ``self.optimizer`` itself. Tests that build a method by hand use this."""
+    ctx.sample_indices = method_cls.wants_indices
     try:
         method = method_cls(config, ctx)
         if getattr(method, "optimizer", None) is None:
@@ -430,7 +432,8 @@ def train_loop(method, ctx, desc, on_epoch=None):
 
 def training_batches(ctx, cfg, shuffle):
     while True:  # cycles when steps_per_epoch asks for more than one pass
-        for batch in ctx.data.batches("train", cfg["batch_size"], shuffle=True, augment=True, generator=shuffle):
+        for batch in ctx.data.batches("train", cfg["batch_size"], shuffle=True, augment=True, generator=shuffle,
+                                      indices=ctx.sample_indices):
             yield distributed.shard(batch) if ctx.ddp else batch
 
 

@@ -22,7 +22,9 @@ which always runs, also when the cell fails. A teacher's cache entry saves every
                                   frozen parameters (gradients still flow to its input)
     ctx.teacher_extras            extra modules the teacher's own training method produced
                                   (a generator trained with it, say), frozen, keyed by name
-    ctx.data                      the DataBundle: .batches(), .tensors(), .info, .denormalize()
+    ctx.data                      the DataBundle (its docstring lists what a method may use:
+                                  .info, .size(), .batches(), .tensors(), .normalize(),
+                                  .denormalize()); training batches come from the engine
     ctx.device, ctx.train, ctx.seed, ctx.run_dir
     ctx.epoch                     0-based epoch being trained (in evaluation: the one just
                                   trained); checkpointed, so a resumed run sees the right one
@@ -48,6 +50,7 @@ which always runs, also when the cell fails. A teacher's cache entry saves every
                                   to size a regressor in __init__
     ctx.next_batch()              one more augmented training batch (images, labels) from the
                                   run's data stream, for steps that use several batches
+                                  ((images, labels, indices) when the method wants_indices)
     ctx.best_state()              the best-epoch snapshot {module name: state_dict, "method":
                                   state_dict()} (None before the first validation); read-only
     ctx.optimizer(params, **over) an optimizer (and its per-epoch scheduler) from the [train]
@@ -83,6 +86,11 @@ class Method:
     student_kind = "classifier"  # "generator": evaluate() is the method's, and so is the ranking
     selection = ("top1", "max")  # the validation metric (a key of evaluate()) that picks the best epoch
     lower_is_better = ()  # other keys of evaluate() where lower is better (marked so in tables)
+    # True: training batches are (images, labels, indices), indices (int64, on the device) the
+    # samples' positions in the training split, 0 .. ctx.data.info["train_size"] - 1, the same
+    # sample at every epoch (a memory bank's or a per-sample cache's key). The batches themselves
+    # are the ones every other arm of the seed trains on.
+    wants_indices = False
 
     def __init__(self, config, ctx):
         self.config = config
@@ -103,8 +111,9 @@ class Method:
         return params
 
     def train_step(self, batch):
-        """One step on ``batch`` (images, labels already on the device and augmented; None when
-        ``uses_data`` is False). Update through ``ctx.step`` and return the named losses
+        """One step on ``batch`` (images, labels already on the device and augmented, and the
+        samples' indices when ``wants_indices``; None when ``uses_data`` is False). Update through
+        ``ctx.step`` and return the named losses
         (tensors or floats) for the training-curve log."""
         raise NotImplementedError
 

@@ -243,3 +243,78 @@ def test_readme_feature_example_runs(tmp_path, cli):
     # small-cnn's layer 3 has 16 channels in the student and 32 in the teacher: a 1x1 conv 16 -> 32
     assert rows["hint"]["method_params"] == {"regressor": 16 * 32 + 32} and rows["kd"]["method_params"] == {}
     assert rows["hint"]["student"]["params"] == rows["scratch"]["student"]["params"]
+
+
+def fake_context(tmp_path, registry, train_size=40, **train):
+    """A Context on a tiny in-memory dataset with augmentation (crop, flip): the student an mlp."""
+    from dataclasses import asdict
+
+    from kdbench.config import DataConfig, TrainConfig
+    from kdbench.data import DataBundle
+    from kdbench.engine import Context
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (train_size, 1, 16, 16), dtype=torch.uint8, generator=g)
+    y = torch.randint(10, (train_size,), generator=g)
+    data = DataBundle("fake", {"train": (x, y), "val": (x[:8], y[:8]), "test": (x[:8], y[:8])}, 10, (0.5,), (0.25,),
+                      DataConfig(augment=["crop", "hflip"]), "cpu")
+    torch.manual_seed(0)
+    student = registry.build_model("students", "mlp", data.info, hidden=4)
+    cfg = asdict(TrainConfig()) | {"optimizer": "adam", "lr": 0.01, "batch_size": 16, "checkpoint_every": 100} | train
+    return Context(student=student, teacher=None, data=data, train=cfg, seed=0, device=torch.device("cpu"),
+                   run_dir=tmp_path, registry=registry)
+
+
+def test_sample_indices_are_opt_in_and_leave_the_batches_unchanged(tmp_path):
+    """A method that wants indices trains on exactly the batches scratch trains on (same seed), plus
+    each sample's position in the training split; scratch's metrics are the same either way."""
+    from kdbench.engine import build_method, train
+    from kdbench.method import Scratch
+    from kdbench.plugins import load_registry
+
+    registry = load_registry([])
+
+    class Recording(Scratch):
+        def train_step(self, batch):
+            seen.append([t.clone() for t in batch])
+            if self.ctx.global_step % 2:  # ctx.next_batch() draws the same way
+                seen.append([t.clone() for t in self.ctx.next_batch()])
+            return super().train_step(batch[:2])
+
+    class Indexed(Recording):
+        wants_indices = True
+
+    class ScratchWithIndices(Scratch):
+        wants_indices = True
+
+        def train_step(self, batch):
+            return super().train_step(batch[:2])
+
+    runs = {}
+    for cls in (Recording, Indexed, Scratch, ScratchWithIndices):
+        seen = []
+        ctx = fake_context(tmp_path / cls.__name__, registry, epochs=2, threads=1)
+        runs[cls] = (train(build_method(cls, cls.Config(), ctx), ctx), seen, ctx.data)
+    (plain, plain_batches, _), (indexed, indexed_batches, data) = runs[Recording], runs[Indexed]
+    assert plain["metrics"] == indexed["metrics"]
+    assert runs[Scratch][0]["metrics"] == runs[ScratchWithIndices][0]["metrics"]
+    assert len(plain_batches) == len(indexed_batches) > 4 and all(len(b) == 2 for b in plain_batches)
+    x, y = data.splits["train"]
+    for (images, labels), (images2, labels2, indices) in zip(plain_batches, indexed_batches):
+        assert torch.equal(images, images2) and torch.equal(labels, labels2)
+        assert indices.dtype == torch.int64 and torch.equal(y[indices], labels)
+    # one epoch's batches (3 steps drawing 5 batches of 16 from 40 samples) start a permutation
+    first = torch.cat([b[2] for b in indexed_batches[:3]])
+    assert sorted(first.tolist()) == list(range(40))
+
+
+def test_evaluation_batches_can_carry_indices_too():
+    from kdbench.config import DataConfig
+    from kdbench.data import DataBundle
+
+    x = torch.randint(0, 256, (5, 1, 4, 4), dtype=torch.uint8)
+    y = torch.arange(5)
+    data = DataBundle("fake", {"train": (x, y), "val": (x, y), "test": (x, y)}, 10, (0.5,), (0.25,), DataConfig(), "cpu")
+    batches = list(data.batches("val", 2, indices=True))
+    assert [b[2].tolist() for b in batches] == [[0, 1], [2, 3], [4]]
+    assert all(torch.equal(b[1], b[2]) for b in batches)

@@ -56,6 +56,20 @@ class DataBundle:
     """The splits of one dataset on one device.
 
     ``splits`` maps "train"/"val"/"test" to (uint8 images [N, C, H, W], int64 labels [N]).
+
+    What a method may use (``ctx.data``); the rest is the engine's:
+
+        info                  {"num_classes", "in_channels", "image_size", "train_size"}
+        size(split)           the number of samples of "train", "val" or "test"
+        batches(split, batch_size, shuffle=False, augment=False, generator=None, indices=False)
+                              normalised (images, labels[, indices]) batches over a split once;
+                              evaluation passes use the defaults. Training batches come from the
+                              engine (train_step's argument, ctx.next_batch()), never from here:
+                              they are the same for every arm of a seed
+        tensors(split)        (normalised images, labels) of a whole split
+        normalize(x), denormalize(x)
+                              uint8 images -> the configured normalisation; normalised -> [0, 1]
+        num_classes, name     as in info; the dataset's registered name
     """
 
     def __init__(self, name, splits, num_classes, mean, std, cfg, device):
@@ -156,9 +170,11 @@ class DataBundle:
                 x = random_flip(x, 2, generator)
         return x
 
-    def batches(self, split, batch_size, shuffle=False, augment=False, generator=None):
+    def batches(self, split, batch_size, shuffle=False, augment=False, generator=None, indices=False):
         """Iterate (x float32 normalised, y int64) on the device over the whole split once, the last
-        partial batch included. ``generator`` (CPU or on the data's device) drives shuffle and augment."""
+        partial batch included. ``generator`` (CPU or on the data's device) drives shuffle and augment.
+        ``indices``: yield (x, y, i) instead, i (int64) the samples' positions in the split, in
+        0 .. size(split) - 1; the order and the random draws are the same either way."""
         x, y = self.split(split)
         n = len(y)
         if shuffle:
@@ -169,7 +185,10 @@ class DataBundle:
             xb, yb = x[idx], y[idx]
             if augment:
                 xb = self.augment(xb, generator)
-            yield self.normalize(xb), yb
+            if not indices:
+                yield self.normalize(xb), yb
+            else:
+                yield self.normalize(xb), yb, idx if shuffle else torch.arange(start, start + len(yb), device=self.device)
 
     def tensors(self, split):
         """(x float32 normalised, y) for a whole split."""
