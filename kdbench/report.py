@@ -12,14 +12,21 @@ command once per CPU setting (a subprocess, so the ATen/oneDNN variables take ef
 and writes each block: the machine, the command, every arm's primary metric as mean ± 95%
 interval over seeds, the paired gains over the experiment's baseline with their verdicts, and,
 when more than one CPU setting ran, how far levels and gains moved between the settings.
+
+It edits the user's documents, so it never changes a byte outside the blocks it regenerates: a
+README whose markers do not pair, that is not UTF-8 or that cannot be written is refused before
+anything runs, and each README is rewritten atomically under a lock on its folder.
 """
+import fcntl
 import json
 import os
 import re
 import shlex
+import stat
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from kdbench import leaderboard, stats, store
@@ -36,7 +43,8 @@ CPU_SETTINGS = {
 }
 ALL_EMULATED = ["avx512", "avx2", "default"]
 
-BLOCK = re.compile(r"(<!-- kdbench-report: (?P<args>[^\n]*?) -->\n)(?P<body>.*?)(<!-- /kdbench-report -->)", re.S)
+END = "<!-- /kdbench-report -->"
+MARKER = re.compile(rb"<!-- kdbench-report: (?P<args>[^\n]*?) -->\n|" + re.escape(END.encode()))
 NOTE = "(written by `python -m kdbench report`; edits here are overwritten)"
 
 MACHINE_SNIPPET = """
@@ -54,14 +62,59 @@ def readmes(root):
     return [p for p in [root / "README.md", *sorted(root.glob("plugins/*/README.md"))] if p.is_file()]
 
 
+def scan(path, data):
+    """The blocks of README bytes ``data``: ``(blocks, problem)``, blocks a list of ``(args, start,
+    end)`` (the byte range of each body, between the opening line and the end marker), problem
+    None or a one-line description of markers that do not pair, naming ``path`` and the lines.
+    Bytes, not text: finding the blocks decodes nothing, so a README in another encoding that
+    ``report`` does not edit does not matter."""
+    blocks, opened, problem = [], None, None
+    for match in MARKER.finditer(data):
+        line = data.count(b"\n", 0, match.start()) + 1
+        if match["args"] is not None:  # an opening marker
+            if opened and not problem:
+                problem = f"the block opened at line {opened[1]} has no end marker before the next block opens at line {line}"
+            opened = (match["args"].decode("utf-8", "replace").strip(), line, match.end())
+        elif opened is None:
+            problem = problem or f"the end marker at line {line} closes no block"
+        else:
+            blocks.append((opened[0], opened[2], match.start()))
+            opened = None
+    if opened and not problem:
+        problem = f"the block opened at line {opened[1]} has no end marker ({END})"
+    return blocks, problem and f"{path}: kdbench-report markers do not pair: {problem}; fix the markers, report rewrites only whole blocks"
+
+
 def find_blocks(root):
-    """``{readme path: [run arguments of each block]}`` for every README holding blocks."""
+    """``{readme path: [run arguments of each block]}`` for every README holding blocks (opening
+    markers: a README whose markers do not pair is refused later, if report has to edit it)."""
     found = {}
     for path in readmes(root):
-        args = [m["args"].strip() for m in BLOCK.finditer(path.read_text())]
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+        args = [m["args"].decode("utf-8", "replace").strip() for m in MARKER.finditer(data) if m["args"] is not None]
         if args:
             found[path] = args
     return found
+
+
+def check_editable(path):
+    """``report`` can rewrite ``path``: its markers pair, it is UTF-8 and it (and its folder, for the
+    atomic rename) are writable. One-line ConfigError otherwise, before anything runs."""
+    target = path.resolve()
+    data = target.read_bytes()
+    problem = scan(path, data)[1]
+    if problem:
+        raise ConfigError(problem)
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path} is not valid UTF-8 (byte 0x{data[exc.start]:02x} at line {line}); report writes UTF-8: convert the file first") from None
+    if not os.access(target, os.W_OK) or not os.access(target.parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{path} is not writable (report rewrites it through a temporary file in {target.parent}); make it and its folder writable")
 
 
 def parse_settings(text):
@@ -359,11 +412,14 @@ def generate(root=".", settings=("native",), out="runs/report", cache="", only=N
         raise ConfigError(f"no <!-- kdbench-report: ... --> blocks in {root}/README.md or {root}/plugins/*/README.md")
     commands = list(dict.fromkeys(a for args in blocks.values() for a in args))
     if only:
-        known = {Path(shlex.split(a)[0]).name for a in commands}
+        known = {plugin_name(a) for a in commands}
         unknown = set(only) - known
         if unknown:
             raise ConfigError(f"no README block runs {', '.join(sorted(unknown))}; blocks run: {', '.join(sorted(known))}")
-        commands = [a for a in commands if Path(shlex.split(a)[0]).name in only]
+        commands = [a for a in commands if plugin_name(a) in only]
+    for path, block_args in blocks.items():  # every README to rewrite, checked before anything runs
+        if set(block_args) & set(commands):
+            check_editable(path)
     grids = {args: grid_of(root, args, seeds) for args in commands}  # bad arguments fail here, before any run
     cache = cache or str(Path(out) / "cache")
     machines = {name: machine(name) for name in settings}  # this machine: with --no-run, where the blocks were written
@@ -380,13 +436,58 @@ def generate(root=".", settings=("native",), out="runs/report", cache="", only=N
         body = render_block(args, by_setting, machines, walls)
         for path, block_args in blocks.items():
             if args in block_args:
-                write_block(path, args, body)
+                write_block(path, args, body, log)
                 written.append(path)
                 log(f"kdbench report: wrote {path}")
     return list(dict.fromkeys(written))
 
 
-def write_block(path, args, body):
-    """Replace the body of every block of ``path`` that runs ``args``."""
-    text = path.read_text()
-    path.write_text(BLOCK.sub(lambda m: m.group(1) + body + "\n" + m.group(4) if m["args"].strip() == args else m.group(0), text))
+def plugin_name(args):
+    """The plugin folder name a block's run arguments start with (``hinton``)."""
+    try:
+        return Path(shlex.split(args)[0]).name
+    except (ValueError, IndexError):
+        raise ConfigError(f"a README block's run arguments {args!r} do not start with a plugin folder") from None
+
+
+def write_block(path, args, body, log=print):
+    """Replace the body of every block of ``path`` that runs ``args``; every other byte stays.
+    Read, replaced and written (atomically: a temporary file renamed over it) under a lock on the
+    README's folder, so two reports writing one README keep both their blocks."""
+    target = path.resolve()  # a README that is a symlink: the file it names is rewritten
+    with folder_lock(target.parent, f"kdbench report: waiting for another report writing {path}", log):
+        data = target.read_bytes()
+        blocks, problem = scan(path, data)
+        if problem:  # the file changed since the check before the runs
+            raise ConfigError(problem)
+        pieces, done = [], 0
+        for block_args, start, end in blocks:
+            if block_args == args:
+                pieces += [data[done:start], body.encode() + b"\n"]
+                done = end
+        pieces.append(data[done:])
+        tmp = store.temp_path(target)
+        try:
+            tmp.write_bytes(b"".join(pieces))
+            os.chmod(tmp, stat.S_IMODE(target.stat().st_mode))
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {path}: {exc.strerror or exc}; it is unchanged") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def folder_lock(folder, waiting, log):
+    """Hold an exclusive lock on ``folder`` (flock on the folder itself: no lock file is left in
+    the user's tree); logs ``waiting`` when another process holds it."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(waiting)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)  # releases the lock
