@@ -365,6 +365,9 @@ def cmd_leaderboard(args):
     if unreadable:
         print(f"kdbench: {len(unreadable)} unreadable record(s) left out (`kdbench run` redoes them): "
               + "; ".join(str(exc) for exc in unreadable), file=sys.stderr)
+    if not records:  # an empty table always says why
+        print(f"kdbench: no readable {store.RECORD} under {', '.join(args.dirs)}"
+              + ("" if unreadable else "; pass the --out folder of a run (or one of its experiment folders)"), file=sys.stderr)
     text = leaderboard.render(records, args.format, args.sort)
     if args.plot:
         leaderboard.plot(records, args.plot)

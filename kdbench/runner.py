@@ -66,6 +66,8 @@ def run_grid(cells, seeds, options, executor=None, log=print):
     from kdbench.executors import LocalExecutor
 
     executor = executor or LocalExecutor()
+    for experiment in {cell.experiment for cell in cells}:  # before any teacher trains: no write leaves --out
+        store.check_inside(Path(options.out) / experiment, options.out)
     jobs, records = plan(cells, seeds, options, executor, log)
     progress = GridProgress(len(jobs))
     log = progress.wrap(log)

@@ -1,6 +1,10 @@
 """Run records: one folder per (cell, seed), one JSON record written atomically (temp file +
 rename), safe when many processes share a file system. No torch here.
 
+Nothing is read or written through a symbolic link that leaves the folder a command was given
+(``--out``, a leaderboard's folders): ``walk`` follows the links that stay inside and stops at
+the first that does not with a one-line error.
+
 A record carries a "sha256" of its canonical JSON body (every other key, sorted, compact), checked
 on read: a record that is not valid UTF-8 or JSON, lacks a key the leaderboard needs, or fails its
 checksum is unreadable, so ``run`` redoes it and ``leaderboard`` names it. A record without a
@@ -13,6 +17,8 @@ import os
 import secrets
 from contextlib import contextmanager
 from pathlib import Path
+
+from kdbench.errors import ConfigError
 
 RECORD = "record.json"
 CONFIG = "config.json"
@@ -128,11 +134,45 @@ def is_finished(folder):
     return record is not None and record.get("status") == "ok"
 
 
+def walk(folder, root=None):
+    """Every file under ``folder`` (sorted; ``folder`` may not exist yet), following the symbolic
+    links that stay inside ``root`` (default ``folder``) and each real folder once; ConfigError at
+    the first link, or ``folder`` itself, that leads outside ``root``."""
+    root = Path(root or folder).resolve()
+    seen = set()
+
+    def visit(path):
+        real = path.resolve()
+        if not real.is_relative_to(root):
+            link = next((p for p in [path, *path.parents] if p.is_symlink()), path)
+            raise ConfigError(f"{link} is a symbolic link to {link.resolve()}, outside {root}: kdbench reads and writes run "
+                              f"folders only inside the folder it is given; replace the link by the folder or name its target instead")
+        if path.is_dir():
+            if real not in seen:
+                seen.add(real)
+                for child in sorted(path.iterdir()):
+                    yield from visit(child)
+        elif path.is_file():
+            yield path
+
+    yield from visit(Path(folder))
+
+
+def check_inside(folder, root):
+    """ConfigError when ``folder`` or anything in it is reached through a symbolic link that leaves
+    ``root`` (before a run writes there)."""
+    for _ in walk(folder, root):
+        pass
+
+
 def iter_records(folders, unreadable=None):
-    """Every readable record under ``folders`` (searched recursively); the unreadable ones are
-    appended to the list ``unreadable`` (as UnreadableRecord, with .path and .reason) if given."""
+    """Every readable record under ``folders`` (searched recursively, see ``walk``); the unreadable
+    ones are appended to the list ``unreadable`` (as UnreadableRecord, with .path and .reason) if
+    given."""
     for folder in folders:
-        for path in sorted(Path(folder).rglob(RECORD)):
+        for path in walk(folder):
+            if path.name != RECORD:
+                continue
             try:
                 record = load_record(path.parent)
             except UnreadableRecord as exc:

@@ -349,3 +349,49 @@ def test_a_teachers_corrupt_checkpoint_restarts_its_training(plugin_dir, tmp_pat
     code, _, err = cli(*args, "--force")
     assert code == 0 and "fails its sha256 checksum" in err and "training the teacher afresh" in err
     assert json.loads(meta.read_text())["trained_metrics"] == clean
+
+
+# ---------------------------------------------------------------------------------------------
+# Symbolic links: nothing is written or read through one that leaves --out
+
+
+def test_run_refuses_a_history_linked_outside_out(plugin_dir, tmp_path, cli):
+    args = ("run", str(plugin_dir), "--grid", "method=scratch", *TINY)
+    assert cli(*args)[0] == 0
+    history = next((tmp_path / "runs").rglob("history.jsonl"))
+    outside = tmp_path / "outside.txt"
+    outside.write_text("the user's own file\n")
+    history.unlink()
+    history.symlink_to(outside)
+    code, out, err = cli(*args, "--force")
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{history} is a symbolic link to {outside}, outside {(tmp_path / 'runs').resolve()}" in err
+    assert outside.read_text() == "the user's own file\n" and "[1/1]" not in out
+
+
+def ok_record(method, seed):
+    return {"experiment": "exp", "cell_id": method, "seed": seed, "method": method, "baseline": "scratch",
+            "labels": {"method": method}, "config": {}, "metrics": {"top1_best": 80.0 + seed, "top1_last": 80.0},
+            "selection": {"metric": "top1", "direction": "max", "best_epoch": 1}, "student": {"model": "mlp", "params": 10},
+            "status": "ok"}
+
+
+def test_leaderboard_follows_links_inside_its_folder_and_refuses_the_others(tmp_path, capsys):
+    from kdbench import store
+
+    for seed in (0, 1):
+        store.write_record(tmp_path / "elsewhere" / "exp" / "scratch" / f"seed{seed}", ok_record("scratch", seed))
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "exp").symlink_to(tmp_path / "elsewhere" / "exp")  # the experiment folder, outside runs
+    code, out, err = run_cli(capsys, "leaderboard", tmp_path / "runs")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert f"{tmp_path / 'runs' / 'exp'} is a symbolic link to {tmp_path / 'elsewhere' / 'exp'}, outside {tmp_path / 'runs'}" in err
+
+    code, out, err = run_cli(capsys, "leaderboard", tmp_path / "elsewhere")  # a link that stays inside is followed
+    (tmp_path / "elsewhere" / "again").symlink_to(tmp_path / "elsewhere" / "exp")
+    code2, out2, _ = run_cli(capsys, "leaderboard", tmp_path / "elsewhere")
+    assert code == code2 == 0 and out == out2 and "| scratch " in out and "| 2 " in out  # two seeds, each counted once
+
+    (tmp_path / "empty").mkdir()
+    code, out, err = run_cli(capsys, "leaderboard", tmp_path / "empty")  # no rows: it says why
+    assert code == 0 and out == "(no runs)\n" and f"no readable record.json under {tmp_path / 'empty'}" in err
