@@ -204,21 +204,26 @@ constexpr int64_t kGrainElems = 32768;  // elements per task: tiny inputs stay o
 constexpr int64_t kMseBlock = 16384;    // fixed blocks: the sum does not depend on threads
 const char* const kIsaNames[3] = {"default", "avx2", "avx512"};
 
+// The best kernels this build and this CPU support, as ATen decides for
+// itself (at::get_cpu_capability honours ATEN_CPU_CAPABILITY).
+int best_isa();
+
+// Each ISA's get_kernels is compiled for that ISA (the compiler may fill the
+// table with its wide stores), so it is called only where the CPU has it: on
+// an AVX2-only CPU, calling the AVX512 one died with SIGILL.
 const std::array<cpu::IsaKernels, 3>& isa_tables() {
   static const std::array<cpu::IsaKernels, 3> tables = [] {
     std::array<cpu::IsaKernels, 3> t{};
     cpu::isa_default::get_kernels(&t[0]);
     t[1] = t[0];
     t[2] = t[0];
-    cpu::isa_avx2::get_kernels(&t[1]);
-    cpu::isa_avx512::get_kernels(&t[2]);
+    if (best_isa() >= 1) cpu::isa_avx2::get_kernels(&t[1]);
+    if (best_isa() >= 2) cpu::isa_avx512::get_kernels(&t[2]);
     return t;
   }();
   return tables;
 }
 
-// The best kernels this build and this CPU support, as ATen decides for
-// itself (at::get_cpu_capability honours ATEN_CPU_CAPABILITY).
 int best_isa() {
   static const int best = [] {
     const std::string cap = at::get_cpu_capability();
