@@ -104,6 +104,11 @@ def check_float(section, where, key, low, strict=False, high=None, high_open=Fal
         fail(f"{where}.{key}", value, valid)
 
 
+def check_bool(section, where, key):
+    if not isinstance(section[key], bool):
+        fail(f"{where}.{key}", section[key], "true or false")
+
+
 def check_betas(section, where, key):
     betas = section[key]
     if not (isinstance(betas, list) and len(betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in betas)):

@@ -36,6 +36,7 @@ __all__ = [
     "feature_mse_reference",
     "kd_kl_loss",
     "kd_kl_loss_reference",
+    "standardize_logits",
 ]
 
 REDUCTIONS = ("batchmean", "sum", "none")
@@ -189,6 +190,18 @@ def kd_kl_loss_reference(student_logits, teacher_logits, temperature, reduction=
     else:
         out = rows.sum() / rows.shape[0]
     return out.to(s.dtype)
+
+
+def standardize_logits(logits, eps=1e-7):
+    """Logit standardisation (Sun et al., CVPR 2024): each row's z-score, ``(z - mean) / (eps +
+    std)`` over the last dimension, so that a distillation loss compares the shapes of the
+    teacher's and the student's logits rather than their scales. ``std`` is the unbiased one and
+    ``eps`` is added to it, as in the reference code (sunshangquan/logit-standardization-KD,
+    ``normalize``); the paper writes the population std. Computed in at least float32. The one
+    implementation behind the ``logit_stand`` option of ``kd`` and of the plugin methods that
+    offer it."""
+    z = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return (z - z.mean(-1, keepdim=True)) / (eps + z.std(-1, keepdim=True))
 
 
 def feature_mse_reference(x, y):

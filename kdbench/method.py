@@ -70,8 +70,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kdbench.config import check_float
-from kdbench.losses import kd_kl_loss
+from kdbench.config import check_bool, check_float
+from kdbench.losses import kd_kl_loss, standardize_logits
 
 
 @dataclass
@@ -165,15 +165,18 @@ class Scratch(Method):
 class KDConfig:
     temperature: float = 4.0  # mdistiller's CIFAR-100 KD setting: T = 4, CE weight 0.1, KD weight 0.9
     alpha: float = 0.1  # weight of the label loss; the KL term gets (1 - alpha)
+    logit_stand: bool = False  # logit standardisation (Sun et al. 2024): z-scores of both logits before the KL
 
     def __post_init__(self):
         check_float(vars(self), "method", "temperature", 0, strict=True)
         check_float(vars(self), "method", "alpha", 0, high=1)
+        check_bool(vars(self), "method", "logit_stand")
 
 
 class KD(Method):
     """Knowledge distillation with soft targets (Hinton, Vinyals and Dean, 2015):
-    loss = alpha * CE(s, y) + (1 - alpha) * T^2 * KL(softmax(t / T) || softmax(s / T))."""
+    loss = alpha * CE(s, y) + (1 - alpha) * T^2 * KL(softmax(t / T) || softmax(s / T)),
+    with ``logit_stand`` on: s and t replaced by their z-scores in the KL (kdbench.losses.standardize_logits)."""
 
     Config = KDConfig
 
@@ -182,7 +185,8 @@ class KD(Method):
         with torch.no_grad():
             teacher_logits = self.teacher(images)
         logits = self.student(images)
-        kd = kd_kl_loss(logits, teacher_logits, self.config.temperature)
+        s, t = (standardize_logits(logits), standardize_logits(teacher_logits)) if self.config.logit_stand else (logits, teacher_logits)
+        kd = kd_kl_loss(s, t, self.config.temperature)
         ce = F.cross_entropy(logits, labels)
         loss = (1.0 - self.config.alpha) * kd + self.config.alpha * ce
         self.ctx.step(self.optimizer, loss)

@@ -274,7 +274,7 @@ def test_every_arm_runs_on_synthetic_data(tmp_path, no_onednn):
     code = main(["run", str(PLUGIN), "--seeds", "0", *sets, "--out", str(out), "--cache", str(tmp_path / "cache")])
     assert code == 0
     records = {r["method"]: r for r in (json.loads(p.read_text()) for p in out.rglob("record.json"))}
-    assert sorted(records) == ["at", "dkd", "fitnet", "kd", "rkd", "scratch"]
+    assert sorted(records) == ["at", "ctkd", "dist", "dkd", "fitnet", "kd", "mlkd", "rkd", "scratch"]
     assert all(r["status"] == "ok" for r in records.values())
     student_params = records["scratch"]["student"]["params"]
     assert all(r["student"]["params"] == student_params for r in records.values())

@@ -14,11 +14,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import kdbench
-from kdbench.config import check_float
+from kdbench.config import check_bool, check_float
 from kdbench.errors import ConfigError
+from kdbench.losses import standardize_logits
 from kdbench.method import Method
 
-from . import losses
+from . import logit_methods, losses
 
 
 def check_paths(config, key, single=True):
@@ -146,18 +147,21 @@ class DKDConfig:
     tckd_weight: float = 1.0  # the paper's alpha
     nckd_weight: float = 8.0  # the paper's beta (CIFAR-100 setting)
     warmup: int = 20  # epochs of linear warm-up of the DKD term (0: none)
+    logit_stand: bool = False  # z-scores of both logits before TCKD/NCKD (logit standardisation, logit_methods.py)
 
     def __post_init__(self):
         check_float(vars(self), "method", "temperature", 0, strict=True)
         check_float(vars(self), "method", "tckd_weight", 0)
         check_float(vars(self), "method", "nckd_weight", 0)
         check_int(self, "warmup", 0)
+        check_bool(vars(self), "method", "logit_stand")
 
 
 class DKD(Method):
     """Decoupled knowledge distillation (Zhao et al. 2022):
     loss = CE + min((epoch + 1) / warmup, 1) * (alpha * TCKD + beta * NCKD),
-    the warm-up counted in epochs from 1 as mdistiller's trainer does (ctx.epoch is 0-based)."""
+    the warm-up counted in epochs from 1 as mdistiller's trainer does (ctx.epoch is 0-based);
+    with ``logit_stand`` on, TCKD and NCKD of the logits' z-scores."""
 
     Config = DKDConfig
 
@@ -170,7 +174,8 @@ class DKD(Method):
             teacher_logits = self.teacher(images)
         logits = self.student(images)
         ce = F.cross_entropy(logits, labels)
-        tckd, nckd = losses.dkd_parts(logits, teacher_logits, labels, self.config.temperature)
+        s, t = (standardize_logits(logits), standardize_logits(teacher_logits)) if self.config.logit_stand else (logits, teacher_logits)
+        tckd, nckd = losses.dkd_parts(s, t, labels, self.config.temperature)
         dkd = self.warmup_factor() * (self.config.tckd_weight * tckd + self.config.nckd_weight * nckd)
         loss = ce + dkd
         self.ctx.step(self.optimizer, loss)
@@ -223,3 +228,6 @@ def kdbench_register_methods(register):
     register("at", AttentionTransfer, description="attention transfer: CE + beta/2 sum ||at(s) - at(t)||^2, beta = 1000")
     register("dkd", DKD, description="decoupled KD: CE + TCKD + 8 NCKD at T = 4, linear warm-up")
     register("rkd", RKD, description="relational KD: CE + 25 distance + 50 angle on embeddings")
+    register("dist", logit_methods.DIST, description="DIST: CE + 2 (1 - inter-class Pearson) + 2 (1 - intra-class Pearson), tau = 4")
+    register("ctkd", logit_methods.CTKD, description="curriculum temperature KD: KD with a learned temperature, reversed gradient, cosine curriculum")
+    register("mlkd", logit_methods.MLKD, description="multi-level logit KD: instance, batch and class alignment at 5 temperatures, weak + strong views")
