@@ -138,6 +138,16 @@ class MLKDConfig:
         check_bool(vars(self), "method", "logit_stand")
 
 
+@torch.no_grad()
+def mean_colour(data):
+    """The training split's mean colour in 0-255 per channel (in order, no random stream touched)."""
+    total, count = 0.0, 0
+    for images, _ in data.batches("train", 1024):
+        total = total + data.denormalize(images).sum((0, 2, 3)).double()
+        count += images.shape[0] * images.shape[2] * images.shape[3]
+    return [round(255 * v) for v in (total / count).tolist()]
+
+
 class MLKD(Method):
     """Multi-level logit distillation (Jin et al. 2023) as its reference code trains:
     loss = alpha (CE(weak) + CE(strong)) + (1 - alpha) (kd + cc + bc) (logit_losses.mlkd_parts),
@@ -150,7 +160,7 @@ class MLKD(Method):
         super().__init__(config, ctx)
         self.temperatures = [config.temperature, *config.extra_temperatures]
         self.generator = torch.Generator().manual_seed(ctx.seed)  # the strong view's draws, checkpointed
-        self.fill = [round(255 * m) for m in ctx.data.mean]  # Cutout's colour: the dataset's mean
+        self.fill = mean_colour(ctx.data)  # Cutout's colour
 
     def strong_view(self, images):
         if self.config.strong_ops == 0:
