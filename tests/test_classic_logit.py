@@ -220,6 +220,25 @@ def test_kd_with_logit_stand_is_kl_of_the_z_scores_in_float64():
     assert got == pytest.approx(expected, rel=1e-9)
 
 
+
+def test_kd_with_logit_stand_differentiates_through_the_z_scores():
+    """The student's gradient flows through standardize_logits into the KL (the fused op where it
+    is loaded, the PyTorch reference otherwise): the same gradient either way, and the numerical one."""
+    from kdbench import losses as kd_losses
+
+    s = torch.tensor(fixed(6, 8, seed=21, scale=2.0), requires_grad=True)
+    t = t64(fixed(6, 8, seed=22, scale=5.0))
+
+    def loss(x):
+        return kd_kl_loss(standardize_logits(x), standardize_logits(t), 2.0)
+
+    loss(s).backward()
+    with kd_losses.reference_only():
+        reference = torch.autograd.grad(loss(s), s)[0]
+        assert torch.autograd.gradcheck(loss, (s,))
+    assert torch.allclose(s.grad, reference, rtol=1e-9, atol=1e-12)
+
+
 # --- DIST -----------------------------------------------------------------------------------------
 def reference_dist(s, t, tau):
     """Huang et al. (2022) eq. 5-8: Y = softmax(Z / tau) row-wise; inter = 1 - (1/N) sum_i
