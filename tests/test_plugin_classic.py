@@ -271,7 +271,8 @@ def test_every_arm_runs_on_synthetic_data(tmp_path, no_onednn):
             "measure.latency_repeats=1"]
     out = tmp_path / "runs"
     sets = [arg for s in tiny for arg in ("--set", s)]
-    code = main(["run", str(PLUGIN), "--seeds", "0", *sets, "--out", str(out), "--cache", str(tmp_path / "cache")])
+    arms = "method=scratch,kd,fitnet,at,dkd,rkd,dist,ctkd,mlkd"  # the feature methods: tests/test_classic_feature.py
+    code = main(["run", str(PLUGIN), "--grid", arms, "--seeds", "0", *sets, "--out", str(out), "--cache", str(tmp_path / "cache")])
     assert code == 0
     records = {r["method"]: r for r in (json.loads(p.read_text()) for p in out.rglob("record.json"))}
     assert sorted(records) == ["at", "ctkd", "dist", "dkd", "fitnet", "kd", "mlkd", "rkd", "scratch"]

@@ -19,21 +19,8 @@ from kdbench.errors import ConfigError
 from kdbench.losses import standardize_logits
 from kdbench.method import Method
 
-from . import logit_methods, losses
-
-
-def check_paths(config, key, single=True):
-    value = getattr(config, key)
-    paths = [value] if single else value
-    if not isinstance(paths, list) or not paths or not all(isinstance(p, str) and p for p in paths):
-        kind = "a module path (e.g. '4')" if single else "a non-empty list of module paths (e.g. 1+4)"
-        raise ConfigError(f"method.{key} = {value!r} is not valid; expected {kind}")
-
-
-def check_int(config, key, low):
-    value = getattr(config, key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"method.{key} = {value!r} is not valid; expected an integer >= {low}")
+from . import feature_methods, logit_methods, losses
+from .checks import check_int, check_paths
 
 
 # --- FitNets --------------------------------------------------------------------------------------
@@ -231,3 +218,4 @@ def kdbench_register_methods(register):
     register("dist", logit_methods.DIST, description="DIST: CE + 2 (1 - inter-class Pearson) + 2 (1 - intra-class Pearson), tau = 4")
     register("ctkd", logit_methods.CTKD, description="curriculum temperature KD: KD with a learned temperature, reversed gradient, cosine curriculum")
     register("mlkd", logit_methods.MLKD, description="multi-level logit KD: instance, batch and class alignment at 5 temperatures, weak + strong views")
+    feature_methods.register(register)

@@ -1,0 +1,83 @@
+"""The feature and relation distillation losses (PKT, SP, VID, NST), as plain functions of tensors
+(no model, no ctx), so the tests can hold each one to an independent computation of its paper's
+equation and to the reference implementation's function.
+
+Shapes: feature maps (N, C, H, W); embeddings (N, ...) flattened to (N, D).
+"""
+import torch
+import torch.nn.functional as F
+
+from .losses import full_precision
+
+
+def pkt_loss(student, teacher, eps=1e-7):
+    """Probabilistic knowledge transfer (Passalis and Tefas 2018, eq. 7-10) with the cosine kernel
+    K(a, b) = (cos(a, b) + 1) / 2: each row of K over the batch normalised into the conditional
+    probabilities p_{j|i}, then KL(teacher || student) of those rows. As the reference code
+    (passalis/probabilistic_kt, copied by RepDistiller and mdistiller) computes it: the diagonal
+    (j == i) is kept, the KL is the mean over all N^2 entries, and eps = 1e-7 is added to each norm
+    and inside the log ratio."""
+    with torch.autocast(student.device.type, enabled=False):
+        s, t = full_precision(student), full_precision(teacher)
+        if s.shape[0] != t.shape[0]:
+            raise ValueError(f"PKT needs the same batch for student and teacher: {s.shape[0]} vs {t.shape[0]}")
+
+        def conditional(x):
+            x = x / (x.norm(dim=1, keepdim=True) + eps)
+            kernel = (x @ x.T + 1.0) / 2.0
+            return kernel / kernel.sum(dim=1, keepdim=True)
+
+        p_s, p_t = conditional(s), conditional(t)
+        return (p_t * torch.log((p_t + eps) / (p_s + eps))).mean()
+
+
+def sp_loss(student, teacher):
+    """Similarity-preserving KD (Tung and Mori 2019, eq. 1-4): G = A A^T for the batch's
+    activations A (N, D), each row L2-normalised; 1 / N^2 ||G_t - G_s||_F^2. The two D may differ."""
+    with torch.autocast(student.device.type, enabled=False):
+        s, t = full_precision(student), full_precision(teacher)
+        if s.shape[0] != t.shape[0]:
+            raise ValueError(f"SP needs the same batch for student and teacher: {s.shape[0]} vs {t.shape[0]}")
+        g_s = F.normalize(s @ s.T, dim=1)
+        g_t = F.normalize(t @ t.T, dim=1)
+        return (g_t - g_s).pow(2).sum() / s.shape[0] ** 2
+
+
+def match_spatial(student, teacher):
+    """Average-pool the larger of two maps to the smaller's H x W (as RepDistiller and mdistiller
+    do for NST and VID when the stages' sizes differ)."""
+    (hs, ws), (ht, wt) = student.shape[2:], teacher.shape[2:]
+    if (hs, ws) == (ht, wt):
+        return student, teacher
+    if hs >= ht and ws >= wt:
+        return F.adaptive_avg_pool2d(student, (ht, wt)), teacher
+    if hs <= ht and ws <= wt:
+        return student, F.adaptive_avg_pool2d(teacher, (hs, ws))
+    raise ValueError(f"maps of {hs}x{ws} and {ht}x{wt}: neither fits inside the other")
+
+
+def vid_nll(mean, variance, target):
+    """VID (Ahn et al. 2019, eq. 6): the negative log-likelihood of the teacher's map under the
+    Gaussian N(mean, variance) with one variance per channel, constant dropped and averaged over
+    every element: mean(1/2 ((t - mu)^2 / var + log var)). ``variance`` is (C,)."""
+    if mean.shape != target.shape or variance.shape != mean.shape[1:2]:
+        raise ValueError(f"VID: mean {tuple(mean.shape)}, variance {tuple(variance.shape)} and target {tuple(target.shape)} do not match")
+    variance = variance.view(1, -1, 1, 1)
+    return (0.5 * ((mean - target).pow(2) / variance + variance.log())).mean()
+
+
+def nst_loss(student, teacher):
+    """Neuron selectivity transfer (Huang and Wang 2017, eq. 5 with the polynomial kernel
+    k(x, y) = (x^T y)^2): the squared MMD between the channels of the two maps, each channel's
+    H*W responses L2-normalised, the channels as samples:
+    mean_ij k(t_i, t_j) + mean_ij k(s_i, s_j) - 2 mean_ij k(s_i, t_j), averaged over the batch.
+    The larger map is average-pooled to the smaller's size first (RepDistiller, mdistiller)."""
+    with torch.autocast(student.device.type, enabled=False):
+        s, t = match_spatial(*(x.to(torch.promote_types(x.dtype, torch.float32)) for x in (student, teacher)))
+        s = F.normalize(s.flatten(2), dim=2)
+        t = F.normalize(t.flatten(2), dim=2)
+
+        def kernel_mean(a, b):
+            return (a @ b.transpose(1, 2)).pow(2).mean()
+
+        return kernel_mean(t, t).detach() + kernel_mean(s, s) - 2 * kernel_mean(s, t)

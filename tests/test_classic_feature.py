@@ -1,0 +1,304 @@
+"""plugins/classic's feature and relation methods (PKT, SP, VID, NST): each loss against an
+independent float64 computation of its paper's equation (explicit loops in numpy, nothing shared
+with feature_losses.py) and against the reference implementation's function (transcribed below as
+the oracle, repository, commit and path named) on random inputs to 1e-6 relative; the configs'
+checks and defaults; one tiny run of the arms on synthetic data."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from conftest import REPO
+from kdbench.errors import ConfigError
+from kdbench.plugins import import_plugin_folder
+
+PLUGIN = REPO / "plugins" / "classic"
+import_plugin_folder(PLUGIN)
+from kdbench_plugins.classic import feature_losses as fl  # noqa: E402  (importable once the folder is loaded)
+from kdbench_plugins.classic import feature_methods as fm  # noqa: E402
+
+
+def fixed(*shape, seed=0):
+    return np.random.default_rng(seed).normal(size=shape)
+
+
+def t64(a):
+    return torch.tensor(a, dtype=torch.float64)
+
+
+def t32(a):
+    return torch.tensor(a, dtype=torch.float32)
+
+
+def close(got, want, rel=1e-6):
+    assert got == pytest.approx(want, rel=rel)
+
+
+# --- the reference implementations, transcribed as oracles ----------------------------------------
+# HobbitLong/RepDistiller at b84f547: distiller_zoo/PKT.py (PKT.cosine_similarity_loss),
+# distiller_zoo/SP.py (Similarity.similarity_loss), distiller_zoo/VID.py (VIDLoss.forward),
+# distiller_zoo/NST.py (NSTLoss.nst_loss / poly_kernel). Same functions in megvii-research/mdistiller
+# at a08d46f, mdistiller/distillers/{PKT,SP,VID,NST}.py.
+def reference_pkt(output_net, target_net, eps=0.0000001):
+    output_net_norm = torch.sqrt(torch.sum(output_net ** 2, dim=1, keepdim=True))
+    output_net = output_net / (output_net_norm + eps)
+    output_net[output_net != output_net] = 0
+    target_net_norm = torch.sqrt(torch.sum(target_net ** 2, dim=1, keepdim=True))
+    target_net = target_net / (target_net_norm + eps)
+    target_net[target_net != target_net] = 0
+    model_similarity = torch.mm(output_net, output_net.transpose(0, 1))
+    target_similarity = torch.mm(target_net, target_net.transpose(0, 1))
+    model_similarity = (model_similarity + 1.0) / 2.0
+    target_similarity = (target_similarity + 1.0) / 2.0
+    model_similarity = model_similarity / torch.sum(model_similarity, dim=1, keepdim=True)
+    target_similarity = target_similarity / torch.sum(target_similarity, dim=1, keepdim=True)
+    return torch.mean(target_similarity * torch.log((target_similarity + eps) / (model_similarity + eps)))
+
+
+def reference_sp(f_s, f_t):
+    bsz = f_s.shape[0]
+    f_s = f_s.view(bsz, -1)
+    f_t = f_t.view(bsz, -1)
+    G_s = torch.mm(f_s, torch.t(f_s))
+    G_s = torch.nn.functional.normalize(G_s)
+    G_t = torch.mm(f_t, torch.t(f_t))
+    G_t = torch.nn.functional.normalize(G_t)
+    G_diff = G_t - G_s
+    return (G_diff * G_diff).view(-1, 1).sum(0) / (bsz * bsz)
+
+
+class ReferenceVID(nn.Module):
+    def __init__(self, num_input_channels, num_mid_channel, num_target_channels, init_pred_var=5.0, eps=1e-5):
+        super().__init__()
+
+        def conv1x1(in_channels, out_channels, stride=1):
+            return nn.Conv2d(in_channels, out_channels, kernel_size=1, padding=0, bias=False, stride=stride)
+
+        self.regressor = nn.Sequential(
+            conv1x1(num_input_channels, num_mid_channel), nn.ReLU(),
+            conv1x1(num_mid_channel, num_mid_channel), nn.ReLU(),
+            conv1x1(num_mid_channel, num_target_channels),
+        )
+        self.log_scale = torch.nn.Parameter(np.log(np.exp(init_pred_var - eps) - 1.0) * torch.ones(num_target_channels))
+        self.eps = eps
+
+    def forward(self, input, target):
+        s_H, t_H = input.shape[2], target.shape[2]
+        if s_H > t_H:
+            input = F.adaptive_avg_pool2d(input, (t_H, t_H))
+        elif s_H < t_H:
+            target = F.adaptive_avg_pool2d(target, (s_H, s_H))
+        pred_mean = self.regressor(input)
+        pred_var = torch.log(1.0 + torch.exp(self.log_scale)) + self.eps
+        pred_var = pred_var.view(1, -1, 1, 1)
+        neg_log_prob = 0.5 * ((pred_mean - target) ** 2 / pred_var + torch.log(pred_var))
+        return torch.mean(neg_log_prob)
+
+
+def reference_nst(f_s, f_t):
+    def poly_kernel(a, b):
+        a = a.unsqueeze(1)
+        b = b.unsqueeze(2)
+        return (a * b).sum(-1).pow(2)
+
+    s_H, t_H = f_s.shape[2], f_t.shape[2]
+    if s_H > t_H:
+        f_s = F.adaptive_avg_pool2d(f_s, (t_H, t_H))
+    elif s_H < t_H:
+        f_t = F.adaptive_avg_pool2d(f_t, (s_H, s_H))
+    f_s = f_s.view(f_s.shape[0], f_s.shape[1], -1)
+    f_s = F.normalize(f_s, dim=2)
+    f_t = f_t.view(f_t.shape[0], f_t.shape[1], -1)
+    f_t = F.normalize(f_t, dim=2)
+    return poly_kernel(f_t, f_t).mean().detach() + poly_kernel(f_s, f_s).mean() - 2 * poly_kernel(f_s, f_t).mean()
+
+
+# --- PKT ------------------------------------------------------------------------------------------
+def paper_pkt(s, t):
+    """Passalis and Tefas (2018) eq. 7-10 with the cosine kernel K = (cos + 1) / 2,
+    p_{j|i} = K(x_i, x_j) / sum_k K(x_i, x_k), KL(p_t || p_s); the reference's conventions
+    (diagonal kept, mean over the N^2 entries) and no eps."""
+    n = len(s)
+
+    def probabilities(x):
+        norms = [math.sqrt(sum(v * v for v in row)) for row in x]
+        k = [[(sum(a * b for a, b in zip(x[i], x[j])) / (norms[i] * norms[j]) + 1) / 2 for j in range(n)] for i in range(n)]
+        return [[k[i][j] / sum(k[i]) for j in range(n)] for i in range(n)]
+
+    ps, pt = probabilities(s), probabilities(t)
+    return sum(pt[i][j] * math.log(pt[i][j] / ps[i][j]) for i in range(n) for j in range(n)) / n**2
+
+
+def test_pkt_matches_the_papers_equation_and_the_reference():
+    s, t = fixed(7, 5, seed=1), fixed(7, 11, seed=2)  # embedding sizes may differ
+    close(fl.pkt_loss(t64(s), t64(t), eps=0.0).item(), paper_pkt(s.tolist(), t.tolist()))
+    s, t = torch.randn(64, 784, dtype=torch.float64), torch.randn(64, 1568, dtype=torch.float64)
+    close(fl.pkt_loss(s, t).item(), reference_pkt(s.clone(), t.clone()).item())
+    s32, t32_ = torch.randn(64, 16, 7, 7), torch.randn(64, 32, 7, 7).relu()  # maps are flattened
+    close(fl.pkt_loss(s32, t32_).item(), reference_pkt(s32.flatten(1), t32_.flatten(1)).item(), rel=1e-5)
+
+
+def test_pkt_is_zero_for_the_same_directions_and_positive_otherwise():
+    x = torch.randn(9, 6, dtype=torch.float64)
+    assert fl.pkt_loss(3.0 * x, x).item() == pytest.approx(0.0, abs=1e-12)  # scale-free: cosine kernel
+    assert fl.pkt_loss(x, torch.randn(9, 6, dtype=torch.float64)).item() > 0
+    with pytest.raises(ValueError, match="same batch"):
+        fl.pkt_loss(torch.randn(4, 3), torch.randn(5, 3))
+
+
+# --- SP -------------------------------------------------------------------------------------------
+def paper_sp(s, t):
+    """Tung and Mori (2019) eq. 1-4: G = Q Q^T of the (b, D) activations, each row of G divided by
+    its L2 norm; (1 / b^2) ||G_t - G_s||_F^2."""
+    b = len(s)
+
+    def gram(x):
+        g = [[sum(p * q for p, q in zip(x[i], x[j])) for j in range(b)] for i in range(b)]
+        return [[v / math.sqrt(sum(w * w for w in row)) for v in row] for row in g]
+
+    gs, gt = gram(s), gram(t)
+    return sum((gt[i][j] - gs[i][j]) ** 2 for i in range(b) for j in range(b)) / b**2
+
+
+def test_sp_matches_the_papers_equation_and_the_reference():
+    s, t = fixed(6, 2, 3, 3, seed=3), fixed(6, 4, 3, 3, seed=4)
+    close(fl.sp_loss(t64(s), t64(t)).item(), paper_sp(s.reshape(6, -1).tolist(), t.reshape(6, -1).tolist()))
+    s, t = torch.randn(64, 16, 7, 7).relu(), torch.randn(64, 32, 7, 7).relu()
+    close(fl.sp_loss(s, t).item(), reference_sp(s.double(), t.double()).item())
+
+
+def test_sp_is_invariant_to_the_scale_and_width_of_the_activations():
+    x = torch.randn(8, 5, dtype=torch.float64)
+    assert fl.sp_loss(4.0 * x, torch.cat([x, x], dim=1)).item() == pytest.approx(0.0, abs=1e-12)
+
+
+# --- VID ------------------------------------------------------------------------------------------
+def paper_vid_nll(mu, variance, t):
+    """Ahn et al. (2019) eq. 6: -log q(t | s) = sum_{c,h,w} log sigma_c + (t - mu)^2 / (2 sigma_c^2)
+    (+ const), here divided by the number of elements (the reference's mean)."""
+    total, count = 0.0, 0
+    for idx in np.ndindex(t.shape):
+        var = variance[idx[1]]
+        total += 0.5 * math.log(var) + (t[idx] - mu[idx]) ** 2 / (2 * var)
+        count += 1
+    return total / count
+
+
+def test_vid_nll_matches_the_papers_equation():
+    mu, t = fixed(3, 4, 2, 5, seed=5), fixed(3, 4, 2, 5, seed=6)
+    variance = np.exp(fixed(4, seed=7))
+    close(fl.vid_nll(t64(mu), t64(variance), t64(t)).item(), paper_vid_nll(mu, variance, t))
+    with pytest.raises(ValueError, match="do not match"):
+        fl.vid_nll(torch.zeros(2, 4, 3, 3), torch.ones(3), torch.zeros(2, 4, 3, 3))
+
+
+@pytest.mark.parametrize("student_size, teacher_size", [(7, 7), (14, 7), (7, 14)])
+def test_vid_matches_the_reference(student_size, teacher_size):
+    torch.manual_seed(0)
+    ours = fm.VIDRegressor(8, 16, init_variance=5.0, eps=1e-5).double()
+    reference = ReferenceVID(8, 16, 16).double()
+    reference.regressor.load_state_dict(ours.mean.state_dict())
+    assert torch.allclose(reference.log_scale.double(), ours.log_scale, rtol=1e-12)
+    s = torch.randn(32, 8, student_size, student_size, dtype=torch.float64)
+    t = torch.randn(32, 16, teacher_size, teacher_size, dtype=torch.float64)
+    s_matched, t_matched = fl.match_spatial(s, t)
+    mean, variance = ours(s_matched)
+    assert torch.allclose(variance, torch.full((16,), 5.0, dtype=torch.float64))  # starts at init_variance
+    close(fl.vid_nll(mean, variance, t_matched).item(), reference(s, t).item())
+
+
+# --- NST ------------------------------------------------------------------------------------------
+def paper_nst(s, t):
+    """Huang and Wang (2017) eq. 5 (squared MMD) with k(x, y) = (x^T y)^2, the samples being the
+    channels' H*W maps, each L2-normalised: 1/C_t^2 sum k(t_i, t_i') + 1/C_s^2 sum k(s_j, s_j')
+    - 2/(C_s C_t) sum k(s_j, t_i); averaged over the batch. Maps of equal H x W."""
+    total = 0.0
+    for a, b in zip(s, t):
+        fs = [row / math.sqrt(sum(v * v for v in row)) for row in a.reshape(a.shape[0], -1)]
+        ft = [row / math.sqrt(sum(v * v for v in row)) for row in b.reshape(b.shape[0], -1)]
+
+        def mean_kernel(x, y):
+            return sum(float(np.dot(p, q)) ** 2 for p in x for q in y) / (len(x) * len(y))
+
+        total += mean_kernel(ft, ft) + mean_kernel(fs, fs) - 2 * mean_kernel(fs, ft)
+    return total / len(s)
+
+
+def test_nst_matches_the_papers_equation_and_the_reference():
+    s, t = fixed(3, 4, 3, 3, seed=8), fixed(3, 6, 3, 3, seed=9)
+    close(fl.nst_loss(t64(s), t64(t)).item(), paper_nst(s, t))
+    for s_size, t_size in [(7, 7), (14, 7), (7, 14)]:
+        s, t = torch.randn(16, 8, s_size, s_size).relu(), torch.randn(16, 16, t_size, t_size).relu()
+        close(fl.nst_loss(s.double(), t.double()).item(), reference_nst(s.double(), t.double()).item())
+        close(fl.nst_loss(s, t).item(), reference_nst(s.double(), t.double()).item(), rel=1e-5)
+
+
+def test_nst_gradient_flows_to_the_student_only():
+    s = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(2, 5, 4, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: fl.nst_loss(x, t.detach()), (s,))
+    fl.nst_loss(s, t).backward()
+    assert s.grad is not None and t.grad.abs().max() > 0  # the cross term reaches t; the t-t term is detached
+    assert fl.nst_loss(s, s.detach().flip(1)).item() == pytest.approx(0.0, abs=1e-12)  # channel order is irrelevant
+    with pytest.raises(ValueError, match="neither fits"):
+        fl.nst_loss(torch.randn(2, 3, 8, 4), torch.randn(2, 3, 4, 8))
+
+
+# --- configs --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def registry():
+    from kdbench import runner
+
+    return runner.registry_for((str(PLUGIN),), False)
+
+
+@pytest.mark.parametrize("method, options, message", [
+    ("pkt", {"pkt_weight": -1.0}, "pkt_weight"),
+    ("pkt", {"student_embedding": ""}, "student_embedding"),
+    ("sp", {"sp_weight": float("inf")}, "sp_weight"),
+    ("sp", {"teacher_map": ["4"]}, "teacher_map"),
+    ("vid", {"vid_weight": -1.0}, "vid_weight"),
+    ("vid", {"variance_eps": 0.0}, "variance_eps"),
+    ("vid", {"init_variance": 1e-6}, "init_variance"),
+    ("vid", {"student_layers": ["1"], "teacher_layers": ["1", "4"]}, "pair up"),
+    ("nst", {"nst_weight": float("nan")}, "nst_weight"),
+    ("nst", {"teacher_layers": []}, "teacher_layers"),
+])
+def test_configs_reject_bad_values(registry, method, options, message):
+    with pytest.raises(ConfigError, match=message):
+        registry.get("methods", method).Config(**options)
+
+
+def test_defaults_are_the_reference_cifar100_settings(registry):
+    cfg = {name: registry.get("methods", name).Config() for name in ("pkt", "sp", "vid", "nst")}
+    assert cfg["pkt"].pkt_weight == 30000.0 and cfg["sp"].sp_weight == 3000.0 and cfg["nst"].nst_weight == 50.0
+    assert (cfg["vid"].vid_weight, cfg["vid"].init_variance, cfg["vid"].variance_eps) == (1.0, 5.0, 1e-5)
+    assert cfg["vid"].student_layers == cfg["nst"].student_layers == ["1", "4"]  # every stage, as AT's
+
+
+# --- one tiny run of the arms ---------------------------------------------------------------------
+@pytest.mark.slow
+def test_the_feature_arms_run_on_synthetic_data(tmp_path, no_onednn):
+    """pkt, sp, vid, nst on synthetic 16x16 data (the zoo's conv trunks give 8x8 and 4x4 maps
+    there), two short epochs each: records ok, VID's regressors counted as the method's."""
+    from kdbench.cli import main
+
+    tiny = ["data.name=synthetic", "data.val_size=200", "data.train_subset=256", "data.test_subset=200",
+            "teacher.train.epochs=1", "teacher.data.train_subset=512", "train.epochs=2", "train.steps_per_epoch=2",
+            "train.batch_size=32", "measure.throughput_batch=8", "measure.throughput_repeats=1", "measure.latency_repeats=1"]
+    out = tmp_path / "runs"
+    sets = [arg for s in tiny for arg in ("--set", s)]
+    code = main(["run", str(PLUGIN), "--grid", "method=pkt,sp,vid,nst", "--seeds", "0", *sets, "--out", str(out),
+                 "--cache", str(tmp_path / "cache")])
+    assert code == 0
+    records = {r["method"]: r for r in (json.loads(p.read_text()) for p in out.rglob("record.json"))}
+    assert sorted(records) == ["nst", "pkt", "sp", "vid"]
+    assert all(r["status"] == "ok" for r in records.values())
+    assert all(r["method_params"] == {} for m, r in records.items() if m != "vid")
+    # per stage: 1x1 convs s->t, t->t, t->t (no bias) and t variances; stages 8->16 and 16->32 channels
+    expected = sum(s * t + 2 * t * t + t for s, t in [(8, 16), (16, 32)])
+    assert records["vid"]["method_params"] == {"regressors": expected}
