@@ -1,4 +1,4 @@
-"""plugins/classic's feature and relation methods (PKT, SP, VID, NST): each loss against an
+"""plugins/classic's feature and relation methods (PKT, SP, VID, NST, OFD, ReviewKD): each loss against an
 independent float64 computation of its paper's equation (explicit loops in numpy, nothing shared
 with feature_losses.py) and against the reference implementation's function (transcribed below as
 the oracle, repository, commit and path named) on random inputs to 1e-6 relative; the configs'
@@ -248,6 +248,243 @@ def test_nst_gradient_flows_to_the_student_only():
         fl.nst_loss(torch.randn(2, 3, 8, 4), torch.randn(2, 3, 4, 8))
 
 
+# --- OFD ------------------------------------------------------------------------------------------
+# clovaai/overhaul-distillation at 76344a8, CIFAR-100/distiller.py (distillation_loss, get_margin_from_BN);
+# megvii-research/mdistiller at a08d46f, mdistiller/distillers/OFD.py (feat_loss).
+def reference_ofd_loss(source, target, margin):
+    target = torch.max(target, margin)
+    loss = torch.nn.functional.mse_loss(source, target, reduction="none")
+    loss = loss * ((source > target) | (target > 0)).float()
+    return loss.sum()
+
+
+def reference_mdistiller_ofd_loss(source, target, margin):
+    margin = margin.to(source)
+    loss = (
+        (source - margin) ** 2 * ((source > margin) & (target <= margin)).float()
+        + (source - target) ** 2 * ((source > target) & (target > margin) & (target <= 0)).float()
+        + (source - target) ** 2 * (target > 0).float()
+    )
+    return torch.abs(loss).mean(dim=0).sum()
+
+
+def reference_margin_from_bn(bn):
+    from scipy.stats import norm
+
+    margin = []
+    std = bn.weight.data
+    mean = bn.bias.data
+    for (s, m) in zip(std, mean):
+        s = abs(s.item())
+        m = m.item()
+        if norm.cdf(-m / s) > 0.001:
+            margin.append(- s * math.exp(- (m / s) ** 2 / 2) / math.sqrt(2 * math.pi) / norm.cdf(-m / s) + m)
+        else:
+            margin.append(-3 * s)
+    return torch.FloatTensor(margin).to(std.device)
+
+
+def test_ofd_margin_is_the_gaussians_mean_below_zero():
+    """Heo et al. (2019) eq. 3: m = E[x | x < 0], x ~ N(mu, sigma^2), by numerical integration."""
+    from scipy import integrate, stats
+
+    mean, std = np.array([0.0, 1.0, -2.0, 0.5]), np.array([1.0, 2.0, 0.5, 3.0])
+    got = fl.ofd_margin(t64(mean), t64(std)).numpy()
+    for g, m, s in zip(got, mean, std):
+        below, _ = integrate.quad(lambda x: x * stats.norm.pdf(x, m, s), -np.inf, 0)
+        close(g, below / stats.norm.cdf(0, m, s))
+    assert fl.ofd_margin(torch.tensor([10.0]), torch.tensor([1.0])).item() == -3.0  # P(x < 0) <= 0.001: -3 std
+
+
+def test_ofd_margin_matches_the_authors_get_margin_from_bn():
+    bn = nn.BatchNorm2d(64)
+    with torch.no_grad():
+        bn.weight.copy_(torch.randn(64) * 2)  # gamma may be negative: its absolute value is the std
+        bn.bias.copy_(torch.randn(64) * 3)
+        bn.bias[:4] = torch.tensor([8.0, 20.0, -5.0, 0.0]) * bn.weight[:4].abs()  # both branches
+    ours = fl.ofd_margin(bn.bias.data, bn.weight.data)
+    assert torch.allclose(ours.float(), reference_margin_from_bn(bn), rtol=1e-6, atol=0)
+
+
+def paper_partial_l2(s, t, margin):
+    """Heo et al. (2019) eq. 2 and 4: T' = max(T, m) per channel; d_p = sum_i 0 if S_i <= T'_i <= 0,
+    else (T'_i - S_i)^2; here divided by the batch size (the authors' loss / batch_size)."""
+    total = 0.0
+    for idx in np.ndindex(s.shape):
+        target = max(t[idx], margin[idx[1]])
+        if not (s[idx] <= target <= 0):
+            total += (target - s[idx]) ** 2
+    return total / s.shape[0]
+
+
+def test_ofd_loss_matches_the_papers_equation_and_both_references():
+    s, t = fixed(3, 4, 3, 3, seed=10), fixed(3, 4, 3, 3, seed=11)
+    margin = -np.abs(fixed(4, seed=12))
+    close(fl.ofd_loss(t64(s), t64(t), t64(margin)).item(), paper_partial_l2(s, t, margin))
+    s, t = torch.randn(64, 32, 7, 7, dtype=torch.float64), torch.randn(64, 32, 7, 7, dtype=torch.float64)
+    margin = -torch.rand(32, dtype=torch.float64)
+    want = reference_ofd_loss(s, t, margin.view(1, -1, 1, 1)).item() / 64
+    close(fl.ofd_loss(s, t, margin).item(), want)
+    close(reference_mdistiller_ofd_loss(s, t, margin.view(1, -1, 1, 1)).item(), want)  # the two references agree
+    with pytest.raises(ValueError, match="do not match"):
+        fl.ofd_loss(torch.zeros(2, 4, 3, 3), torch.zeros(2, 4, 3, 3), torch.zeros(3))
+
+
+def test_ofd_connector_and_margins_on_a_teacher():
+    """The method's margins come from the teacher's pre-ReLU maps over the training split."""
+    connector = fm.Connector(8, 16)
+    assert connector(torch.randn(2, 8, 5, 5)).shape == (2, 16, 5, 5)
+    assert connector[0].weight.std().item() == pytest.approx(math.sqrt(2 / 16), rel=0.3)  # He normal over fan-out
+
+    class Data:
+        def batches(self, split, batch_size):
+            assert split == "train"
+            for start in range(0, 600, batch_size):
+                yield images[start:start + batch_size], None
+
+    torch.manual_seed(0)
+    teacher = nn.Conv2d(1, 3, 3)
+    images = torch.randn(600, 1, 6, 6)
+    method = fm.OFD.__new__(fm.OFD)
+    method.ctx, method.teacher, method.teacher_paths = type("Ctx", (), {"data": Data()})(), lambda x: tap.update(x=teacher(x)), ["x"]
+    tap = method.teacher_tap = {}
+    (mean, std), = method.teacher_statistics()
+    with torch.no_grad():
+        maps = teacher(images).double()
+    assert torch.allclose(mean, maps.mean((0, 2, 3)), rtol=1e-9)
+    assert torch.allclose(std, maps.permute(1, 0, 2, 3).flatten(1).std(1, unbiased=False), rtol=1e-9)
+
+
+# --- ReviewKD -------------------------------------------------------------------------------------
+# dvlab-research/ReviewKD at cede6ea, CIFAR-100/model/reviewkd.py (ABF, ReviewKD.forward, hcl).
+class ReferenceABF(nn.Module):
+    def __init__(self, in_channel, mid_channel, out_channel, fuse):
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(in_channel, mid_channel, kernel_size=1, bias=False), nn.BatchNorm2d(mid_channel))
+        self.conv2 = nn.Sequential(nn.Conv2d(mid_channel, out_channel, kernel_size=3, stride=1, padding=1, bias=False),
+                                   nn.BatchNorm2d(out_channel))
+        self.att_conv = nn.Sequential(nn.Conv2d(mid_channel * 2, 2, kernel_size=1), nn.Sigmoid()) if fuse else None
+
+    def forward(self, x, y=None, shape=None, out_shape=None):
+        n, _, h, w = x.shape
+        x = self.conv1(x)
+        if self.att_conv is not None:
+            y = F.interpolate(y, (shape, shape), mode="nearest")
+            z = torch.cat([x, y], dim=1)
+            z = self.att_conv(z)
+            x = (x * z[:, 0].view(n, 1, h, w) + y * z[:, 1].view(n, 1, h, w))
+        if x.shape[-1] != out_shape:
+            x = F.interpolate(x, (out_shape, out_shape), mode="nearest")
+        y = self.conv2(x)
+        return y, x
+
+
+def reference_review(abfs, shapes, out_shapes, student_features):
+    """ReviewKD.forward after the student: abfs already reversed (coarsest first)."""
+    x = student_features[::-1]
+    results = []
+    out_features, res_features = abfs[0](x[0], out_shape=out_shapes[0])
+    results.append(out_features)
+    for features, abf, shape, out_shape in zip(x[1:], abfs[1:], shapes[1:], out_shapes[1:]):
+        out_features, res_features = abf(features, res_features, shape, out_shape)
+        results.insert(0, out_features)
+    return results
+
+
+def reference_hcl(fstudent, fteacher):
+    loss_all = 0.0
+    for fs, ft in zip(fstudent, fteacher):
+        n, c, h, w = fs.shape
+        loss = F.mse_loss(fs, ft, reduction='mean')
+        cnt = 1.0
+        tot = 1.0
+        for l in [4, 2, 1]:
+            if l >= h:
+                continue
+            tmpfs = F.adaptive_avg_pool2d(fs, (l, l))
+            tmpft = F.adaptive_avg_pool2d(ft, (l, l))
+            cnt /= 2.0
+            loss += F.mse_loss(tmpfs, tmpft, reduction='mean') * cnt
+            tot += cnt
+        loss = loss / tot
+        loss_all = loss_all + loss
+    return loss_all
+
+
+def pool_mean(x, level):
+    """Adaptive average pooling of an (H, W) numpy map to level x level, by its definition."""
+    h, w = x.shape
+    out = np.zeros((level, level))
+    for i in range(level):
+        for j in range(level):
+            rows = range(i * h // level, -(-(i + 1) * h // level))
+            cols = range(j * w // level, -(-(j + 1) * w // level))
+            out[i, j] = np.mean([x[r, c] for r in rows for c in cols])
+    return out
+
+
+def paper_hcl(student, teacher):
+    """Chen et al. (2021) sec. 3.3: per pair, the MSE at full size and of the 4x4, 2x2, 1x1 average
+    pools smaller than the map, weights 1, 1/2, 1/4, 1/8 (the code's), divided by their sum."""
+    total = 0.0
+    for s, t in zip(student, teacher):
+        n, c, h, _ = s.shape
+        terms = [(1.0, np.mean((s - t) ** 2))]
+        for level in (4, 2, 1):
+            if level < h:
+                diffs = [(pool_mean(s[i, k], level) - pool_mean(t[i, k], level)) ** 2 for i in range(n) for k in range(c)]
+                terms.append((terms[-1][0] / 2, np.mean(diffs)))
+        total += sum(w * v for w, v in terms) / sum(w for w, _ in terms)
+    return total
+
+
+def test_hcl_matches_the_papers_equation_and_the_reference():
+    student = [fixed(2, 3, 7, 7, seed=13), fixed(2, 4, 3, 3, seed=14), fixed(2, 4, 1, 1, seed=15)]
+    teacher = [fixed(2, 3, 7, 7, seed=16), fixed(2, 4, 3, 3, seed=17), fixed(2, 4, 1, 1, seed=18)]
+    close(fl.hcl_loss([t64(a) for a in student], [t64(a) for a in teacher]).item(), paper_hcl(student, teacher))
+    s = [torch.randn(32, 16, 14, 14, dtype=torch.float64), torch.randn(32, 32, 7, 7, dtype=torch.float64)]
+    t = [torch.randn(32, 16, 14, 14, dtype=torch.float64), torch.randn(32, 32, 7, 7, dtype=torch.float64)]
+    close(fl.hcl_loss(s, t).item(), reference_hcl(s, t).item())
+    with pytest.raises(ValueError, match="do not match"):
+        fl.hcl_loss([torch.zeros(2, 3, 4, 4)], [torch.zeros(2, 3, 2, 2)])
+
+
+def test_review_fusion_matches_the_reference():
+    """The quick pair's shapes: student stages 8x14x14, 16x7x7 and the pooled 16x1x1; teacher
+    16x14x14, 32x7x7, 32x1x1. The reference's ABFs get our weights; same outputs and loss."""
+    torch.manual_seed(0)
+    fusion = fm.ReviewFusion([8, 16, 16], [torch.Size([16, 14, 14]), torch.Size([32, 7, 7]), torch.Size([32, 1, 1])]).double()
+    reference = [ReferenceABF(c, 16, t, i < 2) for i, (c, t) in enumerate(zip([8, 16, 16], [16, 32, 32]))]
+    for ours, theirs in zip(fusion.abfs, reference):
+        theirs.double()
+        theirs.conv1.load_state_dict(ours.conv1.state_dict())
+        theirs.conv2.load_state_dict(ours.conv2.state_dict())
+        if theirs.att_conv is not None:
+            theirs.att_conv.load_state_dict(ours.attention.state_dict())
+    s1, s2 = torch.randn(16, 8, 14, 14, dtype=torch.float64), torch.randn(16, 16, 7, 7, dtype=torch.float64).relu()
+    features = [s1, s2, fm.pooled(s2)]
+    ours = fusion(features)
+    theirs = reference_review(reference[::-1], [1, 7, 14], [1, 7, 14], features)
+    assert [o.shape for o in ours] == [(16, 16, 14, 14), (16, 32, 7, 7), (16, 32, 1, 1)]
+    for o, r in zip(ours, theirs):
+        assert torch.allclose(o, r, rtol=1e-6, atol=1e-12)
+    teacher = [torch.randn(16, 16, 14, 14, dtype=torch.float64), torch.randn(16, 32, 7, 7, dtype=torch.float64)]
+    teacher.append(fm.pooled(teacher[-1].relu()))
+    close(fl.hcl_loss(ours, teacher).item(), reference_hcl(theirs, teacher).item())
+
+
+def test_reviewkd_warmup_follows_ctx_epoch():
+    method = fm.ReviewKD.__new__(fm.ReviewKD)
+    method.ctx = type("Ctx", (), {"epoch": 0})()
+    factors = []
+    for warmup in (4, 0):
+        method.config = fm.ReviewKDConfig(warmup=warmup)
+        for epoch in range(6):
+            method.ctx.epoch = epoch
+            factors.append(method.warmup_factor())
+    assert factors == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0] + [1.0] * 6  # mdistiller: min(epoch / warmup, 1), epochs from 1
+
+
 # --- configs --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def registry():
@@ -267,6 +504,11 @@ def registry():
     ("vid", {"student_layers": ["1"], "teacher_layers": ["1", "4"]}, "pair up"),
     ("nst", {"nst_weight": float("nan")}, "nst_weight"),
     ("nst", {"teacher_layers": []}, "teacher_layers"),
+    ("ofd", {"ofd_weight": -1e-3}, "ofd_weight"),
+    ("ofd", {"student_preact_layers": ["0"]}, "pair up"),
+    ("reviewkd", {"reviewkd_weight": -5.0}, "reviewkd_weight"),
+    ("reviewkd", {"warmup": 1.5}, "warmup"),
+    ("reviewkd", {"teacher_preact_layers": "3"}, "teacher_preact_layers"),
 ])
 def test_configs_reject_bad_values(registry, method, options, message):
     with pytest.raises(ConfigError, match=message):
@@ -274,10 +516,12 @@ def test_configs_reject_bad_values(registry, method, options, message):
 
 
 def test_defaults_are_the_reference_cifar100_settings(registry):
-    cfg = {name: registry.get("methods", name).Config() for name in ("pkt", "sp", "vid", "nst")}
+    cfg = {name: registry.get("methods", name).Config() for name in ("pkt", "sp", "vid", "nst", "ofd", "reviewkd")}
     assert cfg["pkt"].pkt_weight == 30000.0 and cfg["sp"].sp_weight == 3000.0 and cfg["nst"].nst_weight == 50.0
     assert (cfg["vid"].vid_weight, cfg["vid"].init_variance, cfg["vid"].variance_eps) == (1.0, 5.0, 1e-5)
     assert cfg["vid"].student_layers == cfg["nst"].student_layers == ["1", "4"]  # every stage, as AT's
+    assert cfg["ofd"].ofd_weight == 1e-3 and cfg["ofd"].teacher_preact_layers == ["0", "3"]
+    assert (cfg["reviewkd"].reviewkd_weight, cfg["reviewkd"].warmup) == (5.0, 20)
 
 
 # --- one tiny run of the arms ---------------------------------------------------------------------

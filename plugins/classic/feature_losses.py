@@ -1,9 +1,11 @@
-"""The feature and relation distillation losses (PKT, SP, VID, NST), as plain functions of tensors
+"""The feature and relation distillation losses (PKT, SP, VID, NST, OFD, ReviewKD), as plain functions of tensors
 (no model, no ctx), so the tests can hold each one to an independent computation of its paper's
 equation and to the reference implementation's function.
 
 Shapes: feature maps (N, C, H, W); embeddings (N, ...) flattened to (N, D).
 """
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -81,3 +83,48 @@ def nst_loss(student, teacher):
             return (a @ b.transpose(1, 2)).pow(2).mean()
 
         return kernel_mean(t, t).detach() + kernel_mean(s, s) - 2 * kernel_mean(s, t)
+
+
+def ofd_margin(mean, std):
+    """OFD's margin per channel (Heo et al. 2019, eq. 3): E[x | x < 0] for x ~ N(mean, std^2), the
+    teacher's pre-ReLU response, = mean - std phi(mean / std) / Phi(-mean / std); -3 std where
+    Phi(-mean / std) <= 0.001 (the authors' get_margin_from_BN). Computed in float64."""
+    m, s = mean.double(), std.double().abs()
+    below = torch.special.ndtr(-m / s)  # P(x < 0)
+    density = torch.exp(-(m / s) ** 2 / 2) / math.sqrt(2 * math.pi)
+    margin = m - s * density / below.clamp(min=1e-300)
+    return torch.where(below > 0.001, margin, -3 * s)
+
+
+def ofd_loss(student, teacher, margin):
+    """OFD's partial L2 distance (Heo et al. 2019, eq. 4) between the connector's output ``student``
+    and the teacher's pre-ReLU map: the teacher clipped from below at the margin (C,), no loss where
+    the student is already below a non-positive target; summed over C, H, W and averaged over the
+    batch (the authors' sum / batch size)."""
+    if student.shape != teacher.shape or margin.shape != student.shape[1:2]:
+        raise ValueError(f"OFD: student {tuple(student.shape)}, teacher {tuple(teacher.shape)} and margin "
+                         f"{tuple(margin.shape)} do not match")
+    target = torch.max(teacher, margin.to(teacher.dtype).view(1, -1, 1, 1))
+    mask = (student > target) | (target > 0)
+    return ((student - target).pow(2) * mask).sum() / student.shape[0]
+
+
+def hcl_loss(student_features, teacher_features, levels=(4, 2, 1)):
+    """ReviewKD's hierarchical context loss (Chen et al. 2021, sec. 3.3): per pair, the MSE of the
+    maps plus the MSEs of their average-pooled l x l versions for each l in 4, 2, 1 smaller than the
+    map's height, weighted 1, 1/2, 1/4, ... and normalised by the weights' sum; summed over pairs."""
+    if len(student_features) != len(teacher_features) or not student_features:
+        raise ValueError("ReviewKD needs the same number (>= 1) of student and teacher features")
+    total = 0.0
+    for s, t in zip(student_features, teacher_features):
+        if s.shape != t.shape:
+            raise ValueError(f"ReviewKD: student {tuple(s.shape)} and teacher {tuple(t.shape)} do not match")
+        loss, weight, weights = F.mse_loss(s, t), 1.0, 1.0
+        for level in levels:
+            if level >= s.shape[2]:
+                continue
+            weight /= 2.0
+            loss = loss + weight * F.mse_loss(F.adaptive_avg_pool2d(s, level), F.adaptive_avg_pool2d(t, level))
+            weights += weight
+        total = total + loss / weights
+    return total

@@ -1,11 +1,14 @@
-"""Feature and relation distillation methods on the public Method API: PKT, SP, VID and NST. Each
-loss is CE + weight * the paper's term, the weight the one RepDistiller (HobbitLong/RepDistiller,
-b84f547, scripts/run_cifar_distill.sh: -a 0 -b WEIGHT) and mdistiller (megvii-research/mdistiller,
-a08d46f, engine/cfg.py) use on CIFAR-100; feature_losses.py holds the formulas.
+"""Feature and relation distillation methods on the public Method API: PKT, SP, VID, NST, OFD and
+ReviewKD. Each loss is CE + weight * the paper's term, the weight the one RepDistiller
+(HobbitLong/RepDistiller, b84f547, scripts/run_cifar_distill.sh: -a 0 -b WEIGHT) and mdistiller
+(megvii-research/mdistiller, a08d46f, engine/cfg.py, configs/cifar100) use on CIFAR-100;
+feature_losses.py holds the formulas.
 
 Layers as in RepDistiller's loops.py: PKT on the embedding (feat[-1]), SP on the last stage's map
-(feat[-2]), VID and NST on every stage's output (feat[1:-1], AT's layers). On the zoo's conv
-trunks: "1" and "4" are the two blocks' ReLU outputs, "6" the flattened last map.
+(feat[-2]), VID and NST on every stage's output (feat[1:-1], AT's layers); OFD and ReviewKD on
+the teacher's pre-ReLU stage outputs as mdistiller (preact_feats). On the zoo's conv trunks (Conv ->
+ReLU -> BN twice): "0" and "3" are the convs' (pre-ReLU) outputs, "1" and "4" the ReLU outputs,
+"6" the flattened last map.
 """
 import math
 from dataclasses import dataclass, field
@@ -19,7 +22,7 @@ from kdbench.errors import ConfigError
 from kdbench.method import Method
 
 from . import feature_losses
-from .checks import check_paths
+from .checks import check_int, check_paths
 
 
 def check_pairs(config, student_key, teacher_key):
@@ -207,8 +210,176 @@ class NST(FeatureMethod):
         return {"nst": self.config.nst_weight * total}
 
 
+# --- OFD ------------------------------------------------------------------------------------------
+@dataclass
+class OFDConfig:
+    student_preact_layers: list = field(default_factory=lambda: ["0", "3"])  # each stage's output before its ReLU
+    teacher_preact_layers: list = field(default_factory=lambda: ["0", "3"])
+    ofd_weight: float = 1e-3  # mdistiller OFD.LOSS.FEAT_WEIGHT; the authors' loss_distill / batch_size / 1000
+
+    def __post_init__(self):
+        check_pairs(self, "student_preact_layers", "teacher_preact_layers")
+        check_float(vars(self), "method", "ofd_weight", 0)
+
+
+class Connector(nn.Sequential):
+    """OFD's student transform: a 1x1 conv (no bias, He-normal over fan-out as the authors) and BN."""
+
+    def __init__(self, student_channels, teacher_channels):
+        conv = nn.Conv2d(student_channels, teacher_channels, 1, bias=False)
+        nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / teacher_channels))
+        super().__init__(conv, nn.BatchNorm2d(teacher_channels))
+
+
+class OFD(FeatureMethod):
+    """Overhaul of feature distillation (Heo et al. 2019): loss = CE + 1e-3 * sum over the stages i
+    of partial-L2(connector(student pre-ReLU), teacher pre-ReLU clipped at the margin) / 2^(n-1-i),
+    the later stages weighted more, as the authors and mdistiller.
+
+    The margin is E[x | x < 0] per channel of the teacher's pre-ReLU response x taken as Gaussian;
+    the authors read its mean and std off the BN just before the ReLU (beta, gamma). The zoo's
+    trunks put the BN after the ReLU, so the mean and std are measured instead: one pass of the
+    teacher (eval mode) over the training split in order, unaugmented, before training."""
+
+    Config = OFDConfig
+
+    def __init__(self, config, ctx):
+        super().__init__(config, ctx, config.student_preact_layers, config.teacher_preact_layers)
+        pairs = map_shapes(ctx, "OFD", config.student_preact_layers, config.teacher_preact_layers)
+        for (s, t), s_path, t_path in zip(pairs, config.student_preact_layers, config.teacher_preact_layers):
+            if s[1] > t[1] or s[2] > t[2]:
+                raise ConfigError(f"OFD pools the teacher's map to the student's size: teacher {t_path!r} is {tuple(t)}, "
+                                  f"smaller than student {s_path!r} {tuple(s)}")
+        self.connectors = ctx.add_module("connectors", nn.ModuleList(Connector(s[0], t[0]) for s, t in pairs), trainable=True)
+        self.margins = [feature_losses.ofd_margin(mean, std).float() for mean, std in self.teacher_statistics()]
+
+    @torch.no_grad()
+    def teacher_statistics(self):
+        """[(mean, std) per channel] of the teacher's pre-ReLU maps over the training split."""
+        sums = [0.0] * len(self.teacher_paths)
+        squares = [0.0] * len(self.teacher_paths)
+        count = 0
+        for images, _ in self.ctx.data.batches("train", 256):
+            self.teacher(images)
+            maps = [self.teacher_tap[p].double() for p in self.teacher_paths]
+            sums = [total + x.sum((0, 2, 3)) for total, x in zip(sums, maps)]
+            squares = [total + x.pow(2).sum((0, 2, 3)) for total, x in zip(squares, maps)]
+            count += images.shape[0]
+        stats = []
+        for total, square, x in zip(sums, squares, maps):
+            n = count * x.shape[2] * x.shape[3]
+            mean = total / n
+            stats.append((mean, (square / n - mean.pow(2)).clamp(min=0).sqrt()))
+        return stats
+
+    def distill(self, student_features, teacher_features):
+        n, total = len(student_features), 0.0
+        for i, (connector, margin, s, t) in enumerate(zip(self.connectors, self.margins, student_features, teacher_features)):
+            s = connector(s)
+            t = F.adaptive_avg_pool2d(t, s.shape[2:]) if t.shape[2:] != s.shape[2:] else t
+            total = total + feature_losses.ofd_loss(s.float(), t.float(), margin) / 2 ** (n - 1 - i)
+        return {"ofd": self.config.ofd_weight * total}
+
+
+# --- ReviewKD -------------------------------------------------------------------------------------
+@dataclass
+class ReviewKDConfig:
+    student_layers: list = field(default_factory=lambda: ["1", "4"])  # every stage's output (after the ReLU)
+    teacher_preact_layers: list = field(default_factory=lambda: ["0", "3"])  # the teacher's, before the ReLU
+    reviewkd_weight: float = 5.0  # mdistiller configs/cifar100/reviewkd.yaml; the authors' --kd-loss-weight for most pairs
+    warmup: int = 20  # epochs of linear warm-up of the ReviewKD term (0: none)
+
+    def __post_init__(self):
+        check_pairs(self, "student_layers", "teacher_preact_layers")
+        check_float(vars(self), "method", "reviewkd_weight", 0)
+        check_int(self, "warmup", 0)
+
+
+class ABF(nn.Module):
+    """ReviewKD's attention-based fusion (Chen et al. 2021, fig. 3): the student feature to
+    ``mid_channels`` (1x1 conv + BN), fused with the coarser level's residual (nearest-upsampled)
+    by two sigmoid attention maps, resized to the teacher's size, then to the teacher's channels
+    (3x3 conv + BN). Returns (output, residual for the next, finer level)."""
+
+    def __init__(self, in_channels, mid_channels, out_channels, fuse):
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(in_channels, mid_channels, 1, bias=False), nn.BatchNorm2d(mid_channels))
+        self.conv2 = nn.Sequential(nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels))
+        self.attention = nn.Sequential(nn.Conv2d(2 * mid_channels, 2, 1), nn.Sigmoid()) if fuse else None
+        nn.init.kaiming_uniform_(self.conv1[0].weight, a=1)
+        nn.init.kaiming_uniform_(self.conv2[0].weight, a=1)
+
+    def forward(self, x, residual, out_size):
+        x = self.conv1(x)
+        if self.attention is not None:
+            residual = F.interpolate(residual, x.shape[2:], mode="nearest")
+            z = self.attention(torch.cat([x, residual], dim=1))
+            x = x * z[:, :1] + residual * z[:, 1:]
+        if tuple(x.shape[2:]) != tuple(out_size):
+            x = F.interpolate(x, out_size, mode="nearest")
+        return self.conv2(x), x
+
+
+class ReviewFusion(nn.Module):
+    """The review path: ABFs from the coarsest student feature (the pooled one) to the finest, each
+    level fused with the levels above it; outputs in the students' order, sized as the teacher's."""
+
+    def __init__(self, student_channels, teacher_shapes):
+        super().__init__()
+        mid = min(512, student_channels[-1])
+        self.out_sizes = [tuple(t[1:]) for t in teacher_shapes]
+        last = len(student_channels) - 1
+        self.abfs = nn.ModuleList(ABF(c, mid, t[0], i < last) for i, (c, t) in enumerate(zip(student_channels, teacher_shapes)))
+
+    def forward(self, features):
+        outputs, residual = [], None
+        for i in reversed(range(len(features))):
+            out, residual = self.abfs[i](features[i], residual, self.out_sizes[i])
+            outputs.insert(0, out)
+        return outputs
+
+
+def pooled(x):
+    return x.mean(dim=(2, 3), keepdim=True)
+
+
+class ReviewKD(FeatureMethod):
+    """Knowledge review (Chen et al. 2021): loss = CE + 5 * min((epoch + 1) / warmup, 1) * HCL(review
+    fusion of the student's stage outputs and pooled feature, the teacher's pre-ReLU stage outputs
+    and pooled feature). The pooled features are global averages of the last stage after its ReLU
+    (the student's last layer; the ReLU of the teacher's last pre-ReLU map), as the references'
+    pooled_feat. Warm-up counted in epochs from 1, as mdistiller (the authors' code from 0)."""
+
+    Config = ReviewKDConfig
+
+    def __init__(self, config, ctx):
+        super().__init__(config, ctx, config.student_layers, config.teacher_preact_layers)
+        s_shapes = ctx.feature_shapes(ctx.student, config.student_layers)
+        t_shapes = ctx.feature_shapes(ctx.teacher, config.teacher_preact_layers)
+        s_shapes = [s_shapes[p] for p in config.student_layers]
+        t_shapes = [t_shapes[p] for p in config.teacher_preact_layers]
+        if not all(len(s) == 3 for s in s_shapes + t_shapes):
+            raise ConfigError(f"ReviewKD needs feature maps (C, H, W): student {[tuple(s) for s in s_shapes]}, "
+                              f"teacher {[tuple(t) for t in t_shapes]}")
+        student_channels = [s[0] for s in s_shapes] + [s_shapes[-1][0]]
+        teacher_shapes = t_shapes + [torch.Size([t_shapes[-1][0], 1, 1])]
+        self.fusion = ctx.add_module("fusion", ReviewFusion(student_channels, teacher_shapes), trainable=True)
+
+    def warmup_factor(self):
+        return 1.0 if self.config.warmup == 0 else min((self.ctx.epoch + 1) / self.config.warmup, 1.0)
+
+    def distill(self, student_features, teacher_features):
+        student_features = student_features + [pooled(student_features[-1])]
+        teacher_features = teacher_features + [pooled(F.relu(teacher_features[-1]))]
+        outputs = self.fusion(student_features)
+        hcl = feature_losses.hcl_loss([o.float() for o in outputs], [t.float() for t in teacher_features])
+        return {"reviewkd": self.config.reviewkd_weight * self.warmup_factor() * hcl}
+
+
 def register(register):
     register("pkt", PKT, description="probabilistic KT: CE + 30000 KL of cosine-kernel probabilities over the batch")
     register("sp", SP, description="similarity-preserving KD: CE + 3000 ||G_t - G_s||^2 / N^2 on the last map")
     register("vid", VID, description="variational information distillation: CE + Gaussian NLL of teacher maps per stage")
     register("nst", NST, description="neuron selectivity transfer: CE + 50 MMD^2 (poly kernel) of channel maps per stage")
+    register("ofd", OFD, description="overhaul of feature distillation: CE + 1e-3 partial L2 to margin-clipped pre-ReLU teacher maps")
+    register("reviewkd", ReviewKD, description="knowledge review: CE + 5 HCL(attention-fused student levels, teacher pre-ReLU maps)")
