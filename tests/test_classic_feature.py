@@ -527,8 +527,8 @@ def test_defaults_are_the_reference_cifar100_settings(registry):
 # --- one tiny run of the arms ---------------------------------------------------------------------
 @pytest.mark.slow
 def test_the_feature_arms_run_on_synthetic_data(tmp_path, no_onednn):
-    """pkt, sp, vid, nst on synthetic 16x16 data (the zoo's conv trunks give 8x8 and 4x4 maps
-    there), two short epochs each: records ok, VID's regressors counted as the method's."""
+    """The six arms on synthetic 16x16 data (the zoo's conv trunks give 8x8 and 4x4 maps there),
+    two short epochs each: records ok, the regressors, connectors and fusion counted as the method's."""
     from kdbench.cli import main
 
     tiny = ["data.name=synthetic", "data.val_size=200", "data.train_subset=256", "data.test_subset=200",
@@ -536,13 +536,17 @@ def test_the_feature_arms_run_on_synthetic_data(tmp_path, no_onednn):
             "train.batch_size=32", "measure.throughput_batch=8", "measure.throughput_repeats=1", "measure.latency_repeats=1"]
     out = tmp_path / "runs"
     sets = [arg for s in tiny for arg in ("--set", s)]
-    code = main(["run", str(PLUGIN), "--grid", "method=pkt,sp,vid,nst", "--seeds", "0", *sets, "--out", str(out),
+    code = main(["run", str(PLUGIN), "--grid", "method=pkt,sp,vid,nst,ofd,reviewkd", "--seeds", "0", *sets, "--out", str(out),
                  "--cache", str(tmp_path / "cache")])
     assert code == 0
     records = {r["method"]: r for r in (json.loads(p.read_text()) for p in out.rglob("record.json"))}
-    assert sorted(records) == ["nst", "pkt", "sp", "vid"]
+    assert sorted(records) == ["nst", "ofd", "pkt", "reviewkd", "sp", "vid"]
     assert all(r["status"] == "ok" for r in records.values())
-    assert all(r["method_params"] == {} for m, r in records.items() if m != "vid")
+    assert all(records[m]["method_params"] == {} for m in ("pkt", "sp", "nst"))
     # per stage: 1x1 convs s->t, t->t, t->t (no bias) and t variances; stages 8->16 and 16->32 channels
     expected = sum(s * t + 2 * t * t + t for s, t in [(8, 16), (16, 32)])
     assert records["vid"]["method_params"] == {"regressors": expected}
+    assert records["ofd"]["method_params"] == {"connectors": (8 * 16 + 2 * 16) + (16 * 32 + 2 * 32)}  # 1x1 conv + BN
+    # ABFs (mid 16 channels): 8->16 and 16->32 fused (conv1 + BN, 3x3 conv2 + BN, 1x1 attention), pooled 16->32 not
+    abf = [8 * 16 + 32 + 16 * 16 * 9 + 32 + 32 * 2 + 2, 16 * 16 + 32 + 16 * 32 * 9 + 64 + 32 * 2 + 2, 16 * 16 + 32 + 16 * 32 * 9 + 64]
+    assert records["reviewkd"]["method_params"] == {"fusion": sum(abf)}
