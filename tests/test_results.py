@@ -1,0 +1,65 @@
+"""The results layer renders the same bytes for the same records: the leaderboard (markdown, CSV,
+HTML, sorted) and the README blocks of ``report`` from a fixed set of records (the records of a
+tiny real run of the third-party plugin, plus crafted ones: failed, malformed, stale, a missing
+seed pair, two seeds, another student, a generator experiment whose metric is lower-is-better).
+The expected files were rendered by the code before the results layer was rebuilt; to render
+them again after a deliberate change of format: ``python tests/test_results.py``."""
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from kdbench import leaderboard, report
+
+DATA = Path(__file__).parent / "data" / "results"
+MACHINES = {name: {"cpu": "AMD EPYC", "cores": 2, "torch": "2.14.1", "capability": cap, "onednn": "unset"}
+            for name, cap in (("native", "AVX2"), ("default", "DEFAULT"))}
+
+
+def shifted(records, by):
+    """The same records as if run under another CPU setting: every metric moved by a per-seed amount."""
+    out = copy.deepcopy(records)
+    for r in out:
+        if r.get("status") == "ok" and isinstance(r.get("metrics"), dict):
+            r["metrics"] = {k: v + by * (1 + r["seed"]) * (1 if r["method"] != "scratch" else 0.5) for k, v in r["metrics"].items()}
+    return out
+
+
+def renders():
+    """{file name: text} of every rendering checked."""
+    sets = json.loads((DATA / "records.json").read_text())
+    real, crafted, gan = sets["real"], sets["crafted"], sets["gan"]
+    everything = real + crafted + gan
+    out = {}
+    for fmt in ("md", "csv", "html"):
+        out[f"leaderboard.{fmt}"] = leaderboard.render(copy.deepcopy(everything), fmt)
+    out["leaderboard-sorted.md"] = leaderboard.render(copy.deepcopy(everything), "md", sort="throughput")
+    out["leaderboard-real.md"] = leaderboard.render(copy.deepcopy(real), "md")
+    ok = [r for r in crafted if r.get("status") == "ok" and "metrics" in r]
+    out["block-real.md"] = report.render_block("plugins/softkd --grid size=small,big", {"native": copy.deepcopy(real), "default": shifted(real, 0.5)},
+                                               MACHINES, {"native": 12.0, "default": 30.0})
+    out["block-crafted.md"] = report.render_block("plugins/x --grid T=4,8,16", {"native": copy.deepcopy(ok), "default": shifted(ok, -0.25)},
+                                                  MACHINES, {"native": None, "default": None})
+    out["block-gan.md"] = report.render_block("plugins/gan", {"native": copy.deepcopy(gan)}, MACHINES, {"native": 3.0})
+    return out
+
+
+NAMES = ["leaderboard.md", "leaderboard.csv", "leaderboard.html", "leaderboard-sorted.md", "leaderboard-real.md",
+         "block-real.md", "block-crafted.md", "block-gan.md"]
+
+
+@pytest.fixture(scope="module")
+def rendered():
+    return renders()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_rendered_results_are_byte_identical(rendered, name):
+    assert rendered[name] == (DATA / name).read_text(encoding="utf-8")
+
+
+if __name__ == "__main__":
+    for name, text in renders().items():
+        (DATA / name).write_text(text, encoding="utf-8")
+        print(f"wrote {DATA / name}")
