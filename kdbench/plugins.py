@@ -130,7 +130,8 @@ def plugin_info(name, version, source, fingerprint):
 
 # kdbench's modules that only parse the command line, present, plan or test runs: editing them
 # cannot change a result, so they are left out of the engine's fingerprint
-NOT_RESULTS = {"__main__.py", "cli.py", "errors.py", "leaderboard.py", "loggers.py", "plan.py", "report.py", "scaffold.py", "stats.py"}
+NOT_RESULTS = {"__main__.py", "arguments.py", "cli.py", "errors.py", "leaderboard.py", "loggers.py", "plan.py", "plot.py", "report.py",
+               "results.py", "scaffold.py", "stats.py"}
 
 
 @functools.lru_cache(maxsize=1)

@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from kdbench import leaderboard, stats, store
+from kdbench.results import Results
 from kdbench.errors import ConfigError
 
 # The CPU settings a run can be made under. "native" leaves the machine as it is; the others
@@ -145,13 +146,14 @@ def slug(args):
 
 def grid_of(root, args, seeds=None):
     """The (cell ids, seeds) that ``kdbench run ARGS`` runs from ``root``, expanded as ``run`` does."""
-    from kdbench import cli, experiment, runner
+    from kdbench import experiment, runner
+    from kdbench.arguments import build_parser, parse_seeds
 
-    ns = cli.build_parser().parse_args(["run", *shlex.split(args)] + (["--seeds", seeds] if seeds else []))
+    ns = build_parser().parse_args(["run", *shlex.split(args)] + (["--seeds", seeds] if seeds else []))
     folder = (Path(root) / ns.plugin).resolve()
     registry = runner.registry_for((str(folder),), ns.strict_plugins)
     cells, seeds, _ = experiment.expand(folder, registry, grid=ns.grid, sets=ns.sets, profile=ns.profile,
-                                        seeds=cli.parse_seeds(ns.seeds) if ns.seeds else None, plugin_dirs=[folder])
+                                        seeds=parse_seeds(ns.seeds) if ns.seeds else None, plugin_dirs=[folder])
     return {c.id for c in cells}, set(seeds)
 
 
@@ -185,38 +187,17 @@ def run_command(root, args, grid, name, out, cache, seeds=None, keep_stale=False
 # Tables
 
 
-def cells(records):
-    """Per cell: its first flattened row and ``{seed: row}``, in the leaderboard's order."""
-    rows = [leaderboard.flatten(r) for r in records]
-    grouped = {}
-    for row in rows:
-        grouped.setdefault(row["cell_id"], {})[row["seed"]] = row
-    table = leaderboard.sort_table(leaderboard.summarize(records))
-    order = [c for c in table["cell_id"] if c in grouped] if not table.empty else list(grouped)
-    return [(next(iter(grouped[c].values())), grouped[c]) for c in order]
-
-
-def baseline_of(first, all_cells):
-    """The baseline cell paired with a cell, as the leaderboard pairs them: the experiment's
-    baseline arm with the same student, data and training settings."""
-    for other, by_seed in all_cells:
-        if other["method"] == first["baseline"] and other["pair_key"] == first["pair_key"]:
-            return by_seed
-    return None
-
-
-def headline_metrics(records):
+def headline_metrics(results):
     """The primary metric and the other metrics with a declared direction, top-5 aside, and those
     that are equal in every run aside (a property of the data, such as a distance between two real
     image sets, not of the arm)."""
-    first = records[0]
-    primary = first["selection"]["metric"]
-    directions = {primary: first["selection"]["direction"]}
-    for record in records:
-        for name, direction in (record.get("directions") or {}).items():
-            values = {r["metrics"].get(f"{name}_best") for r in records}
-            if name != "top5" and name not in directions and f"{name}_best" in record["metrics"] and len(values) > 1:
-                directions[name] = direction
+    runs = results.runs
+    primary = runs["metric"].iloc[0]
+    directions = {primary: runs["direction"].iloc[0]}
+    for name, direction in results.directions.items():
+        column = f"{name}_best"
+        if name != "top5" and name not in directions and column in runs and runs[column].nunique(dropna=False) > 1:
+            directions[name] = direction
     return primary, directions
 
 
@@ -241,65 +222,67 @@ def columns(primary, directions):
     return cols
 
 
-def render_table(records):
+def arms(results):
+    """``(experiment, cell id, first per-seed row, {seed: row})`` of each finished cell, in the
+    leaderboard's order."""
+    out = []
+    for experiment, cell_id in results.cells():
+        by_seed = results.seeds(experiment, cell_id)
+        out.append((experiment, cell_id, next(iter(by_seed.values())), by_seed))
+    return out
+
+
+def render_table(results):
     """The markdown table of one experiment: teacher rows, then one row per arm."""
-    primary, directions = headline_metrics(records)
+    primary, directions = headline_metrics(results)
     cols = columns(primary, directions)
-    all_cells = cells(records)
-    baseline = all_cells[0][0]["baseline"]
+    all_arms = arms(results)
+    baseline = all_arms[0][2]["baseline"]
     header = ["arm", "student (params)", "seeds", *[c[0] for c in cols], *[f"gain vs {baseline}: {key} {epoch}".replace("_", " ") for _, key, epoch in cols]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in leaderboard.teacher_rows(records):
+    for row in results.teachers:
         values = [leaderboard.fmt(row.get(f"{key}_{epoch}")) for _, key, epoch in cols]
         lines.append("| " + " | ".join(["teacher", f"{row['student']} ({row['params']:,})", "", *values, *[""] * len(cols)]) + " |")
-    for first, by_seed in all_cells:
-        base = baseline_of(first, all_cells)
+    for experiment, cell_id, first, by_seed in all_arms:
         values, gains = [], []
         for _, key, epoch in cols:
             column = f"{key}_{epoch}"
             mean, half, _ = stats.mean_ci([row.get(column, float("nan")) for row in by_seed.values()])
             values.append(leaderboard.fmt(mean, half))
-            if base is None or base is by_seed:
-                gains.append("")
-            else:
-                gain = stats.paired_gain({s: r.get(column, float("nan")) for s, r in by_seed.items()},
-                                         {s: r.get(column, float("nan")) for s, r in base.items()}, directions[key])
-                gains.append(fmt_gain(gain))
+            gain = results.gain(experiment, cell_id, column, directions[key])
+            gains.append("" if gain is None else fmt_gain(gain))
         lines.append("| " + " | ".join([arm_label(first), student_label(first), str(len(by_seed)), *values, *gains]) + " |")
     return "\n".join(lines) + "\n"
 
 
-def arm_labels(records):
+def arm_labels(results):
     """``{cell id: label}``: the arm and its setting, with the student where the setting does not tell."""
-    all_cells = cells(records)
-    plain = [arm_label(first) for first, _ in all_cells]
-    return {first["cell_id"]: label if plain.count(label) == 1 else f"{label} / {student_label(first)}"
-            for (first, _), label in zip(all_cells, plain)}
+    all_arms = arms(results)
+    plain = [arm_label(first) for _, _, first, _ in all_arms]
+    return {cell_id: label if plain.count(label) == 1 else f"{label} / {student_label(first)}"
+            for (_, cell_id, first, _), label in zip(all_arms, plain)}
 
 
-def levels(records):
+def levels(results):
     """``{arm: mean}`` of the primary metric at the best epoch, teachers included (one seed)."""
-    primary, _ = headline_metrics(records)
-    out = {f"teacher ({row['student']})": row.get(f"{primary}_best") for row in leaderboard.teacher_rows(records)}
-    labels = arm_labels(records)
-    for first, by_seed in cells(records):
-        out[labels[first["cell_id"]]] = stats.mean_ci([r[f"{primary}_best"] for r in by_seed.values()])[0]
+    primary, _ = headline_metrics(results)
+    out = {f"teacher ({row['student']})": row.get(f"{primary}_best") for row in results.teachers}
+    labels = arm_labels(results)
+    for _, cell_id, _, by_seed in arms(results):
+        out[labels[cell_id]] = stats.mean_ci([r[f"{primary}_best"] for r in by_seed.values()])[0]
     return out
 
 
-def seed_gains(records, metric):
+def seed_gains(results, metric):
     """``{arm: {seed: gain}}``: the per-seed differences of ``metric`` at the best epoch against
     the baseline, signed so that positive is better."""
-    _, directions = headline_metrics(records)
-    all_cells = cells(records)
-    labels = arm_labels(records)
-    sign = 1.0 if directions[metric] == "max" else -1.0
-    column = f"{metric}_best"
+    _, directions = headline_metrics(results)
+    labels = arm_labels(results)
     out = {}
-    for first, by_seed in all_cells:
-        base = baseline_of(first, all_cells)
-        if base is not None and base is not by_seed:
-            out[labels[first["cell_id"]]] = {s: sign * (r[column] - base[s][column]) for s, r in by_seed.items() if s in base}
+    for experiment, cell_id, _, _ in arms(results):
+        diffs = results.differences(experiment, cell_id, f"{metric}_best", directions[metric])
+        if diffs is not None:
+            out[labels[cell_id]] = diffs
     return out
 
 
@@ -310,7 +293,8 @@ def gains_of(per_seed):
 
 def render_settings(by_setting):
     """How far each arm's level and gains moved across the CPU settings (best epoch): the primary
-    metric's levels and gains, then the gains of the other metrics with a direction."""
+    metric's levels and gains, then the gains of the other metrics with a direction.
+    ``by_setting``: ``{setting: Results}``."""
     names = list(by_setting)
     primary, directions = headline_metrics(next(iter(by_setting.values())))
     metric_names = [primary, *[m for m in directions if m != primary]]
@@ -365,6 +349,8 @@ def describe_machine(info, name):
 
 
 def render_block(args, by_setting, machines, walls):
+    """The body of a README block from ``{setting: records}`` (the first setting gives the table)."""
+    results = {name: Results(records) for name, records in by_setting.items()}
     first = next(iter(by_setting))
     records = by_setting[first]
     seeds = sorted({r["seed"] for r in records})
@@ -373,7 +359,7 @@ def render_block(args, by_setting, machines, walls):
              f"`python -m kdbench run {args}` — {len(seeds)} seeds ({', '.join(map(str, seeds))}), CPU, "
              f"code at commit {', '.join(c[:7] for c in commits)}; {describe_machine(machines[first], first)}"
              + (f"; wall time {walls[first]:.0f} s (a shared machine: timings are noisy)." if walls[first] else "."), "",
-             render_table(records),
+             render_table(results[first]),
              "Mean ± half-width of the 95% Student-t interval over seeds; gains are paired by seed against the "
              "baseline arm with the same student, data and training settings, signed so that positive is better, "
              "[95% interval], * when it excludes zero, n.s. (not significant) when it does not; ↑/↓: higher/lower "
@@ -384,7 +370,7 @@ def render_block(args, by_setting, machines, walls):
         parts += [f"Kept although their identity changed (`--keep-stale`): {count} record(s), because: {'; '.join(stale)}. "
                   "The commits above name the code they came from.", ""]
     if len(by_setting) > 1:
-        parts += [render_settings(by_setting)]
+        parts += [render_settings(results)]
     return "\n".join(parts)
 
 

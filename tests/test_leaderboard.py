@@ -8,8 +8,9 @@ import math
 import pandas as pd
 import pytest
 
-from kdbench import leaderboard, stats, store
+from kdbench import leaderboard, plot, stats, store
 from kdbench.errors import ConfigError
+from kdbench.results import Results
 
 
 def record(method, seed, score, experiment="exp", labels=None, metric="top1", direction="max", student="mlp", teacher=True):
@@ -30,7 +31,7 @@ def record(method, seed, score, experiment="exp", labels=None, metric="top1", di
 def test_means_stds_gain_and_teacher_row():
     records = [record("scratch", 0, 80.0), record("scratch", 1, 82.0), record("kd", 0, 84.0, labels={"T": "4"}),
                record("kd", 1, 86.0, labels={"T": "4"}), {"status": "failed", "experiment": "exp"}]
-    table = leaderboard.sort_table(leaderboard.summarize(records))
+    table = Results(records).sorted()
     assert list(table["method"]) == ["teacher", "kd", "scratch", "?"]  # the failed record last, as a row
     kd = table[table["method"] == "kd"].iloc[0]
     assert kd["seeds"] == 2 and kd["top1_best_mean"] == 85.0 and math.isclose(kd["top1_best_std"], math.sqrt(2))
@@ -51,7 +52,7 @@ def test_generator_rows_use_their_metric_lower_is_better():
     for r in records:
         r |= {"baseline": "adv-only", "directions": {"fd": "min", "mse_teacher": "min"}}
         r["metrics"] |= {"mse_teacher_best": 0.5, "mse_teacher_last": 0.5}
-    table = leaderboard.sort_table(leaderboard.summarize(records))
+    table = Results(records).sorted()
     assert list(table["method"]) == ["teacher", "gan-kd", "adv-only"]  # ascending: lower FD first
     assert table[table["method"] == "gan-kd"]["gain_mean"].iloc[0] == 17.0  # 105 -> 88: positive is better
     text = leaderboard.render(records, "md")
@@ -82,7 +83,7 @@ def three_seed_records():
 
 def test_gain_is_paired_by_seed_with_interval_and_verdict():
     records = three_seed_records()
-    table = leaderboard.summarize(records).set_index("setting")
+    table = Results(records).table.set_index("setting")
     t4, t8, t16 = table.loc["T=4"], table.loc["T=8"], table.loc["T=16"]
     expected = stats.paired_gain({0: 84.0, 1: 86.0, 2: 85.5}, {0: 80.0, 1: 82.0, 2: 81.0})
     assert (t4["gain_mean"], t4["gain_ci_low"], t4["gain_ci_high"], t4["gain_n"]) == (expected.mean, expected.low, expected.high, 3)
@@ -99,7 +100,7 @@ def test_gain_is_paired_by_seed_with_interval_and_verdict():
 def test_a_missing_seed_drops_only_its_pair():
     records = three_seed_records()
     records = [r for r in records if not (r["method"] == "scratch" and r["seed"] == 1)]
-    t4 = leaderboard.summarize(records).set_index("setting").loc["T=4"]
+    t4 = Results(records).table.set_index("setting").loc["T=4"]
     assert t4["seeds"] == 3 and t4["gain_n"] == 2 and t4["gain_mean"] == 4.25  # seeds 0 and 2: +4, +4.5
 
 
@@ -111,7 +112,7 @@ def test_gain_pairs_the_baseline_with_the_same_training_settings():
                 r = record(method, s, value + shift, labels={"train.lr": lr})
                 r["config"]["train"] = {"lr": float(lr)}
                 records.append(r)
-    table = leaderboard.summarize(records)
+    table = Results(records).table
     kd = table[table["method"] == "kd"]
     assert list(kd["gain_mean"]) == [2.0, 2.0]  # not 2 - 10 against the other learning rate's scratch
 
@@ -183,7 +184,7 @@ def crowded_records():
 def test_plot_labels_do_not_overlap_and_the_front_is_marked(tmp_path):
     from matplotlib.text import Text
 
-    fig = leaderboard.figure(crowded_records())
+    fig = plot.figure(crowded_records())
     renderer = fig.canvas.get_renderer()
     assert len(fig.axes) == 2  # against parameters and against throughput
     for ax in fig.axes:
@@ -200,17 +201,17 @@ def test_plot_labels_do_not_overlap_and_the_front_is_marked(tmp_path):
     import matplotlib.pyplot as plt
 
     plt.close(fig)
-    leaderboard.plot(crowded_records(), tmp_path / "board.png")
+    plot.plot(crowded_records(), tmp_path / "board.png")
     assert (tmp_path / "board.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ConfigError, match="no finished runs to plot"):
-        leaderboard.plot([{"status": "failed", "experiment": "exp", "error": "boom"}], tmp_path / "none.png")
+        plot.plot([{"status": "failed", "experiment": "exp", "error": "boom"}], tmp_path / "none.png")
 
 
 def test_pareto_front_is_direction_aware():
     xs, ys = [1, 2, 3, 4], [50, 70, 60, 80]
-    assert leaderboard.pareto_front(xs, ys, "min", "max") == [0, 1, 3]  # fewer parameters, higher accuracy
-    assert leaderboard.pareto_front(xs, ys, "max", "max") == [3]  # more throughput, higher accuracy
-    assert leaderboard.pareto_front(xs, ys, "min", "min") == [0]  # lower FD is better
+    assert plot.pareto_front(xs, ys, "min", "max") == [0, 1, 3]  # fewer parameters, higher accuracy
+    assert plot.pareto_front(xs, ys, "max", "max") == [3]  # more throughput, higher accuracy
+    assert plot.pareto_front(xs, ys, "min", "min") == [0]  # lower FD is better
 
 
 def test_saved_leaderboard_covers_every_record_of_the_experiment(plugin_dir, cli, tmp_path):
@@ -227,5 +228,5 @@ def test_saved_leaderboard_covers_every_record_of_the_experiment(plugin_dir, cli
 def test_a_record_found_twice_counts_once():
     records = three_seed_records()
     twice = records + [dict(records[0])]  # the same (cell, seed) in two folders
-    one, two = (leaderboard.summarize(r).set_index("method").loc["scratch"] for r in (records, twice))
+    one, two = (Results(r).table.set_index("method").loc["scratch"] for r in (records, twice))
     assert two["top1_best_std"] == one["top1_best_std"] and two["seeds"] == 3

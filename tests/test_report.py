@@ -8,6 +8,7 @@ import pytest
 from conftest import write_plugin
 from kdbench import report
 from kdbench.errors import ConfigError
+from kdbench.results import Results
 
 
 def readme(root, plugin):
@@ -63,9 +64,9 @@ def test_a_gain_that_moved_with_the_cpu_setting_is_named():
                             "student": {"model": "mlp", "params": 10}, "teacher": None, "status": "ok"})
         return out
 
-    text = report.render_settings({"native": rows([1.0, 1.2, 0.9]), "default": rows([1.1, 1.0, 1.0])})
+    text = report.render_settings({"native": Results(rows([1.0, 1.2, 0.9])), "default": Results(rows([1.1, 1.0, 1.0]))})
     assert "beyond the seeds' noise (the per-seed gains paired by seed, 95% interval of the shift): none." in text
-    text = report.render_settings({"native": rows([1.0, 1.2, 0.9]), "default": rows([3.0, 3.3, 3.1])})
+    text = report.render_settings({"native": Results(rows([1.0, 1.2, 0.9])), "default": Results(rows([3.0, 3.3, 3.1]))})
     assert re.search(r"noise \(.*\): kd under default \(\+2\.\d\d \[\+\d\.\d\d, \+\d\.\d\d\]\)\.", text)
 
 

@@ -1,0 +1,257 @@
+"""The results layer: what a set of run records says, computed once, for every renderer.
+
+``Results(records)`` holds
+
+- ``runs``: one row per (experiment, cell, seed) of the finished records (a (cell, seed) found
+  twice counts once), each with ``base``, the cell of the experiment's baseline arm it pairs with:
+  the same student, data and training settings (``pairing_key``), the same primary metric;
+- ``teachers``: one row per distinct teacher, with its measured test metrics;
+- ``failed``: one row per failed (or malformed) record;
+- ``table``: the leaderboard's numbers (seed means, stds, 95% intervals, the paired gain over the
+  baseline, teacher and failed rows), and ``gain(cell, column, direction)`` for any metric.
+
+The leaderboard (markdown, CSV, HTML), the plot and ``report``'s README blocks are renderers of
+it; none derives a pairing or an interval of its own. No torch here.
+"""
+import functools
+import json
+import math
+
+import pandas as pd
+
+from kdbench import stats
+from kdbench.errors import ConfigError
+
+# the columns a CSV always has, so that even a board without one finished run parses
+BASE_COLUMNS = ["experiment", "cell_id", "method", "baseline", "setting", "student", "status", "seeds", "seed", "metric", "direction"]
+GAIN_COLUMNS = ["gain_mean", "gain_ci_low", "gain_ci_high", "gain_n", "gain_significant"]
+KEYS = ["experiment", "cell_id"]
+
+
+def is_usable(record):
+    """A finished record with what a leaderboard row needs."""
+    return record.get("status") == "ok" and all(isinstance(record.get(k), dict) for k in ("metrics", "selection", "student"))
+
+
+def pairing_key(config):
+    """What a gain's two arms must share besides the seed: the student, the data and the training
+    settings. The method section differs by definition and the teacher may (scratch has none)."""
+    return json.dumps({k: (config or {}).get(k) for k in ("student", "data", "train")}, sort_keys=True, default=str)
+
+
+def setting(record):
+    return " ".join(f"{k}={v}" for k, v in (record.get("labels") or {}).items() if k != "method")
+
+
+def one_line(text, limit=200):
+    line = (str(text).strip().splitlines() or [""])[0] if text else ""
+    line = line or "(no error recorded)"
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def speed_at(speed):
+    return f"{speed.get('device_name')} b{speed.get('throughput_batch')} {speed.get('dtype')}" if speed else None
+
+
+def flatten(record):
+    """One flat row per finished record."""
+    speed = record.get("speed") or {}
+    teacher = record.get("teacher") or {}
+    row = {
+        "experiment": record["experiment"],
+        "cell_id": record["cell_id"],
+        "method": record["method"],
+        "baseline": record.get("baseline", "scratch"),
+        "setting": setting(record),
+        "student": record["student"]["model"],
+        "student_config": repr(sorted(((record.get("config") or {}).get("student") or {}).items())),
+        "pair_key": pairing_key(record.get("config")),
+        "seed": record["seed"],
+        "metric": record["selection"]["metric"],
+        "direction": record["selection"]["direction"],
+        "best_epoch": record["selection"]["best_epoch"],
+        "teacher_top1": (teacher.get("metrics") or {}).get("top1"),
+        "params": record["student"]["params"],
+        "param_ratio": record.get("param_ratio"),
+        "throughput": speed.get("throughput"),
+        "latency_ms": speed.get("latency_ms"),
+        "speed_at": speed_at(speed),
+        "train_time_s": record.get("train_time_s"),
+        "stale": record.get("stale") or "",
+    }
+    row |= {k: v for k, v in record["metrics"].items()}
+    return row
+
+
+def failed_row(record):
+    """One row per failed (or malformed) record: where it belongs, its status and its error."""
+    labels = record.get("labels") or {}
+    status = record.get("status") or "unknown"
+    error = record.get("error")
+    if status == "ok":  # claims to be finished but lacks what a row needs
+        status = "malformed"
+        error = "record lacks " + ", ".join(k for k in ("metrics", "selection", "student") if not isinstance(record.get(k), dict))
+    student = ((record.get("config") or {}).get("student") or {}).get("model", "")
+    return {
+        "experiment": record.get("experiment", "?"), "cell_id": record.get("cell_id", "?"),
+        "method": record.get("method") or labels.get("method", "?"), "baseline": record.get("baseline", "scratch"),
+        "setting": setting(record), "student": student, "status": status, "seed": record.get("seed"),
+        "error": one_line(error), "stale": record.get("stale") or "",
+    }
+
+
+def teacher_rows(records):
+    """One row per distinct teacher used in an experiment, with its measured test metrics."""
+    rows, seen = [], set()
+    for record in records:
+        teacher = record.get("teacher") or {}
+        if "hash" not in teacher or (record["experiment"], teacher["hash"]) in seen:
+            continue
+        seen.add((record["experiment"], teacher["hash"]))
+        speed = teacher.get("speed") or {}
+        metrics = teacher.get("metrics") or {}
+        rows.append({
+            "experiment": record["experiment"], "cell_id": f"teacher-{teacher['hash'][:8]}", "method": "teacher",
+            "baseline": record.get("baseline", "scratch"), "status": "ok",
+            "setting": "", "student": teacher["model"], "metric": record["selection"]["metric"],
+            "direction": record["selection"]["direction"], "params": teacher["params"], "param_ratio": 1.0,
+            "throughput": speed.get("throughput"), "latency_ms": speed.get("latency_ms"), "speed_at": speed_at(speed),
+        } | {f"{k}_best": v for k, v in metrics.items()} | {f"{k}_last": v for k, v in metrics.items()})
+    return rows
+
+
+class Results:
+    """The per-seed frame of ``records`` with its baseline pairing, and the summaries built from it
+    (see the module's docstring)."""
+
+    def __init__(self, records):
+        ok = [r for r in records if is_usable(r)]
+        self.directions = {}  # metric -> "max" | "min", for the arrows
+        for record in ok:
+            self.directions |= record.get("directions", {})
+        self.teachers = teacher_rows(ok)
+        self.failed = [failed_row(r) for r in records if not is_usable(r)]
+        self.runs = pd.DataFrame()
+        if ok:
+            # a (cell, seed) found twice (two run folders, or a folder renamed by its labels) counts once
+            self.runs = pd.DataFrame([flatten(r) for r in ok]).drop_duplicates(["experiment", "cell_id", "seed"], keep="last")
+            base = self.pairing()
+            self.runs["base"] = pd.Series([base[k] for k in zip(self.runs["experiment"], self.runs["cell_id"])], index=self.runs.index, dtype=object)
+
+    def pairing(self):
+        """``{(experiment, cell id): cell id of its baseline}`` (None for the baseline itself and
+        for a cell without one): the first cell of the experiment's baseline arm with the same
+        student, data and training settings and the same primary metric."""
+        cells = self.runs.groupby(KEYS, sort=False).first().reset_index()
+        base = {}
+        for _, row in cells.iterrows():
+            match = cells[(cells["experiment"] == row["experiment"]) & (cells["method"] == row["baseline"])
+                          & (cells["pair_key"] == row["pair_key"]) & (cells["metric"] == row["metric"])]
+            base[row["experiment"], row["cell_id"]] = None if match.empty or row["method"] == row["baseline"] else match["cell_id"].iloc[0]
+        return base
+
+    def base_of(self, experiment, cell_id):
+        return self.runs.loc[(self.runs["experiment"] == experiment) & (self.runs["cell_id"] == cell_id), "base"].iloc[0]
+
+    def seeds(self, experiment, cell_id):
+        """The cell's per-seed rows (plain dicts, by seed)."""
+        part = self.runs[(self.runs["experiment"] == experiment) & (self.runs["cell_id"] == cell_id)]
+        return {row["seed"]: row for row in part.to_dict("records")}
+
+    def gain(self, experiment, cell_id, column, direction):
+        """The paired gain (kdbench.stats.paired_gain) of a cell's ``column`` over its baseline
+        cell's, seed by seed; None for a cell without a baseline."""
+        base = self.base_of(experiment, cell_id)
+        if base is None:
+            return None
+        arm, baseline = self.seeds(experiment, cell_id), self.seeds(experiment, base)
+        return stats.paired_gain({s: r.get(column, math.nan) for s, r in arm.items()},
+                                 {s: r.get(column, math.nan) for s, r in baseline.items()}, direction)
+
+    def differences(self, experiment, cell_id, column, direction):
+        """``{seed: difference}`` of a cell's ``column`` from its baseline cell's, for the seeds
+        both have, signed so that positive is better; None for a cell without a baseline."""
+        base = self.base_of(experiment, cell_id)
+        if base is None:
+            return None
+        sign = 1.0 if direction == "max" else -1.0
+        arm, baseline = self.seeds(experiment, cell_id), self.seeds(experiment, base)
+        return {s: sign * (r.get(column, math.nan) - baseline[s].get(column, math.nan)) for s, r in arm.items() if s in baseline}
+
+    @functools.cached_property
+    def table(self):
+        """The leaderboard as a numeric DataFrame: ``<col>_mean``, ``_std`` (ddof=1) and ``_ci95``
+        (the half-width of the 95% Student-t interval) per metric, the paired gain at the best epoch
+        (``gain_*``), one row per teacher, and one row per failed record (``status`` and ``error``)."""
+        parts = []
+        if not self.runs.empty:
+            runs = self.runs
+            metric_cols = [c for c in runs.columns if c.endswith(("_best", "_last")) and c != "best_epoch"]
+            grouped = runs.groupby(KEYS, sort=False)
+            table = grouped.first()[["method", "baseline", "setting", "student", "pair_key", "metric", "direction", "params", "param_ratio", "speed_at"]].copy()
+            table["status"] = "ok"
+            table["seeds"] = grouped["seed"].nunique()
+            table["teacher_top1"] = grouped["teacher_top1"].first()
+            for col in metric_cols + ["throughput", "latency_ms", "train_time_s"]:
+                table[f"{col}_mean"] = grouped[col].mean()
+                table[f"{col}_std"] = grouped[col].std(ddof=1)
+                if col in metric_cols:
+                    table[f"{col}_ci95"] = grouped[col].agg(lambda s: stats.mean_ci(s)[1])
+            table["stale"] = grouped["stale"].agg(lambda s: "; ".join(sorted({x for x in s if x})))
+            table = table.reset_index()
+            table = pd.concat([table, self.gain_columns(table)], axis=1)
+            teachers = pd.DataFrame(self.teachers)
+            if not teachers.empty:
+                teachers["seeds"] = 1
+                for col in [c for c in teachers.columns if c.endswith(("_best", "_last"))] + ["throughput", "latency_ms"]:
+                    teachers[f"{col}_mean"] = teachers.pop(col)
+                parts.append(teachers)
+            parts.append(table)
+        if self.failed:
+            parts.append(pd.DataFrame(self.failed))
+        if not parts:
+            return pd.DataFrame(columns=BASE_COLUMNS)
+        table = pd.concat(parts, ignore_index=True)
+        table.attrs["directions"] = self.directions
+        return table
+
+    def gain_columns(self, table):
+        """The ``gain_*`` columns of the cells of ``table``: the primary metric at the best epoch."""
+        rows = []
+        for _, row in table.iterrows():
+            gain = self.gain(row["experiment"], row["cell_id"], f"{row['metric']}_best", row["direction"])
+            rows.append(dict.fromkeys(GAIN_COLUMNS, math.nan) | {"gain_n": 0, "gain_significant": None} if gain is None else
+                        {"gain_mean": gain.mean, "gain_ci_low": gain.low, "gain_ci_high": gain.high, "gain_n": gain.n,
+                         "gain_significant": gain.significant})
+        return pd.DataFrame(rows, index=table.index, columns=GAIN_COLUMNS)
+
+    def sorted(self, sort=None):
+        """``table`` per experiment: teachers first, then cells best first by the primary metric at
+        the best epoch, failed runs last; or everything by ``sort`` (a column, descending)."""
+        table = self.table
+        if table.empty:
+            return table
+        if sort:
+            col = sort if sort in table else f"{sort}_mean"
+            if col not in table:
+                raise ConfigError(f"cannot sort by {sort!r}; columns: {', '.join(c.removesuffix('_mean') for c in table.columns if not c.endswith(('_std', '_ci95')))}")
+            return table.sort_values(col, ascending=False, kind="stable", na_position="last")
+        parts = []
+        for _, part in table.groupby("experiment", sort=True):
+            finished = part[part["status"] == "ok"]
+            rank = (part["status"] != "ok") * 2 + ((part["status"] == "ok") & (part["method"] != "teacher"))
+            key = pd.Series(0.0, index=part.index)
+            if not finished.empty and f"{finished['metric'].iloc[0]}_best_mean" in part:
+                metric, direction = finished["metric"].iloc[0], finished["direction"].iloc[0]
+                key = part[f"{metric}_best_mean"] * (1 if direction == "min" else -1)
+            part = part.assign(_rank=rank, _key=key).sort_values(["_rank", "_key"], kind="stable", na_position="last")
+            parts.append(part.drop(columns=["_rank", "_key"]))
+        return pd.concat(parts, ignore_index=True)
+
+    def cells(self):
+        """The finished cells as ``(experiment, cell id)``, in the leaderboard's order."""
+        if self.runs.empty:
+            return []
+        found = set(zip(self.runs["experiment"], self.runs["cell_id"]))
+        ordered = self.sorted()
+        return list(dict.fromkeys(k for k in zip(ordered["experiment"], ordered["cell_id"]) if k in found))
