@@ -14,7 +14,9 @@ A plugin folder's ``kdbench.toml``::
     [teacher.train] / [teacher.data]  TrainConfig / DataConfig overrides for the teacher
     [student]  model = "mlp", other keys are the student model's options
     [train]    ... kdbench.config.TrainConfig
-    [method]   hyperparameters; each key goes to the arms whose Config has that field
+    [method]   hyperparameters: a plain key goes to every arm whose Config has that field (an
+               error when those fields' defaults differ: they are different options);
+    [method.NAME]   options of arm NAME alone, over the plain ones (--set method.NAME.KEY=VALUE)
     [measure]  ... kdbench.config.MeasureConfig
 
     [axes.temperature]                # --grid temperature=5,20
@@ -236,6 +238,37 @@ class Resolver:
                 out.setdefault(f.name, default_of(f))
         return out
 
+    def split_method_table(self, table):
+        """A [method] table -> (plain options, {arm: its own [method.ARM] options}), every key
+        checked. A plain key goes to each arm with that field that does not set it itself, and
+        is an error when those fields' defaults differ: then they are different options."""
+        own = {arm: field_defaults(self.registry.get("methods", arm).Config) for arm in self.arms}
+        fields = self.method_fields()
+        plain, scoped = {}, {}
+        for key, value in table.items():
+            if key in self.arms:
+                if not isinstance(value, dict):
+                    raise ConfigError(f"method.{key} names an arm: give its options as [method.{key}] or method.{key}.OPTION")
+                for option in value:
+                    if option not in own[key]:
+                        raise ConfigError(f"method {key!r} has no option {option!r} (method.{key}.{option}); "
+                                          f"valid: {', '.join(sorted(own[key])) or '(none)'}")
+                scoped[key] = value
+            elif key in fields:
+                plain[key] = value
+            elif isinstance(value, dict):
+                raise ConfigError(did_you_mean(key, self.arms, f"arm in [method.{key}]"))
+            else:
+                raise ConfigError(f"[method] option {key!r} belongs to no arm; valid: {', '.join(sorted(fields))} "
+                                  f"(or a table [method.ARM], ARM one of {', '.join(self.arms)})")
+        for key in plain:
+            reach = {arm: o[key] for arm, o in own.items() if key in o and key not in scoped.get(arm, {})}
+            if len({(type(d), repr(d)) for d in reach.values()}) > 1:
+                defaults = ", ".join(f"{arm} {d!r}" for arm, d in reach.items())
+                raise ConfigError(f"[method] {key} would set different options of the same name (defaults: {defaults}); "
+                                  f"scope it per arm: [method.ARM] {key} = ... or --set method.ARM.{key}=..., ARM one of {', '.join(reach)}")
+        return plain, scoped
+
     def model_options(self, role, name):
         from kdbench.registry import option_defaults
 
@@ -247,6 +280,14 @@ class Resolver:
         if head in SECTIONS and rest:
             return section_default(SECTIONS[head], rest, key)
         if head == "method" and rest:
+            arm, _, option = rest.partition(".")
+            if arm in self.arms:
+                own = field_defaults(self.registry.get("methods", arm).Config)
+                if not option:
+                    raise ConfigError(f"{key} names an arm: set its options as {key}.OPTION=VALUE")
+                if option not in own:
+                    raise ConfigError(f"method {arm!r} has no option {option!r} ({key}); valid: {', '.join(sorted(own)) or '(none)'}")
+                return own[option]
             fields = self.method_fields()
             if rest not in fields:
                 raise ConfigError(f"no method of this experiment has option {rest!r}; valid: {', '.join(sorted(fields))}")
@@ -302,12 +343,11 @@ class Resolver:
         method_cls = self.registry.get("methods", arm)
         if not method_cls.uses_data and not train["steps_per_epoch"]:
             raise ConfigError(f"method {arm!r} is data-free: set train.steps_per_epoch to an integer >= 1 (it is 0: one pass over no data)")
-        method_fields = field_defaults(method_cls.Config)
-        unknown = set(doc.get("method", {})) - set(self.method_fields())
-        if unknown:
-            raise ConfigError(f"[method] option {sorted(unknown)[0]!r} belongs to no arm; valid: {', '.join(sorted(self.method_fields()))}")
+        plain, scoped = self.split_method_table(doc.get("method", {}))
+        own = scoped.get(arm, {})
         method = {"name": arm} | {
-            k: check_type(doc.get("method", {}).get(k, d), d, f"method.{k}") for k, d in method_fields.items()
+            k: check_type(own[k], d, f"method.{arm}.{k}") if k in own else check_type(plain.get(k, d), d, f"method.{k}")
+            for k, d in field_defaults(method_cls.Config).items()
         }
         check_method_options(method_cls, method, arm)
         teacher = doc.get("teacher", {})

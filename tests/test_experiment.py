@@ -134,3 +134,55 @@ def test_one_axis_value_names_its_cells_as_a_grid_of_several_does(setup):
     assert {c.name for c in one} <= {c.name for c in both} and len(one) == 2
     temperature, _, _ = expand(folder, registry, grid=["temperature=8"])
     assert {c.method: c.labels.get("temperature") for c in temperature} == {"scratch": None, "soft-kd": "8"}
+
+
+def with_kd(tmp_path, name, method_table=""):
+    """The third-party experiment with the built-in kd as a third arm: kd and soft-kd share
+    temperature (default 4.0 in both) but not alpha (0.1 in kd, 0.5 in soft-kd)."""
+    toml = THIRD_PARTY_TOML.replace('methods = ["scratch", "soft-kd"]', 'methods = ["scratch", "kd", "soft-kd"]')
+    folder = write_plugin(tmp_path / name, toml=toml + method_table)
+    return folder, load_registry([folder])
+
+
+def methods_of(cells):
+    return {c.method: c.config["method"] for c in cells if c.method != "scratch"}
+
+
+def test_method_options_scoped_per_arm(tmp_path):
+    folder, registry = with_kd(tmp_path, "scoped", '[method]\ntemperature = 2.0\n[method.kd]\nalpha = 0.3\n'
+                                                   '[method.soft-kd]\nalpha = 0.7\ntemperature = 8.0\n')
+    cells, _, _ = expand(folder, registry)
+    assert methods_of(cells) == {"kd": {"name": "kd", "temperature": 2.0, "alpha": 0.3},
+                                 "soft-kd": {"name": "soft-kd", "temperature": 8.0, "alpha": 0.7}}
+    cells, _, _ = expand(folder, registry, sets=["method.kd.alpha=0.2", "method.temperature=3"])
+    assert methods_of(cells)["kd"] == {"name": "kd", "temperature": 3.0, "alpha": 0.2}
+    assert methods_of(cells)["soft-kd"]["temperature"] == 8.0  # its own value wins over a plain one
+    cells, _, _ = expand(folder, registry, grid=["method.soft-kd.alpha=0.1,0.9"])
+    assert sorted(c.config["method"]["alpha"] for c in cells if c.method == "soft-kd") == [0.1, 0.9]
+    assert [c.config["method"]["alpha"] for c in cells if c.method == "kd"] == [0.3]  # not split by soft-kd's axis
+
+
+def test_a_plain_key_shared_by_fields_of_one_default_reaches_every_arm_with_the_same_cells(tmp_path):
+    plain, registry = with_kd(tmp_path, "plain", "[method]\ntemperature = 2.0\n")
+    cells, _, _ = expand(plain, registry)
+    assert {m["temperature"] for m in methods_of(cells).values()} == {2.0}
+    scoped, registry = with_kd(tmp_path, "scoped", "[method.kd]\ntemperature = 2.0\n[method.soft-kd]\ntemperature = 2.0\n")
+    assert {c.id for c in expand(scoped, registry)[0]} == {c.id for c in cells}  # the same configs, the same runs
+
+
+@pytest.mark.parametrize("table, sets, message", [
+    ("[method]\nalpha = 0.3\n", [], "[method] alpha would set different options of the same name (defaults: kd 0.1, "
+                                    "soft-kd 0.5); scope it per arm: [method.ARM] alpha = ... or --set method.ARM.alpha=..."),
+    ("", ["method.alpha=0.3"], "[method] alpha would set different options"),
+    ("[method.kd]\nalpah = 0.3\n", [], "method 'kd' has no option 'alpah' (method.kd.alpah); valid: alpha, temperature"),
+    ("", ["method.kd.alpah=0.3"], "method 'kd' has no option 'alpah' (method.kd.alpah)"),
+    ("", ["method.kd=0.3"], "method.kd names an arm: set its options as method.kd.OPTION=VALUE"),
+    ("[method]\nkd = 0.3\n", [], "method.kd names an arm: give its options as [method.kd]"),
+    ("[method.dkd]\nalpha = 0.3\n", [], "unknown arm in [method.dkd] 'dkd' (did you mean 'kd'?); valid: kd, scratch, soft-kd"),
+    ("[method.kd]\nalpha = 2.0\n", [], "alpha"),  # the Config's own range check still runs
+])
+def test_ambiguous_or_misscoped_method_options_are_one_line_errors(tmp_path, table, sets, message):
+    folder, registry = with_kd(tmp_path, "bad", table)
+    with pytest.raises(ConfigError) as info:
+        expand(folder, registry, sets=sets)
+    assert message in str(info.value) and "\n" not in str(info.value)
