@@ -1,4 +1,4 @@
-"""plugins/classic's feature and relation methods (PKT, SP, VID, NST, OFD, ReviewKD): each loss against an
+"""plugins/classic's feature and relation methods (PKT, SP, VID, NST, OFD, ReviewKD, CRD): each loss against an
 independent float64 computation of its paper's equation (explicit loops in numpy, nothing shared
 with feature_losses.py) and against the reference implementation's function (transcribed below as
 the oracle, repository, commit and path named) on random inputs to 1e-6 relative; the configs'
@@ -485,6 +485,130 @@ def test_reviewkd_warmup_follows_ctx_epoch():
     assert factors == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0] + [1.0] * 6  # mdistiller: min(epoch / warmup, 1), epochs from 1
 
 
+# --- CRD ------------------------------------------------------------------------------------------
+# HobbitLong/RepDistiller at b84f547: crd/memory.py (ContrastMemory.forward, given the contrast
+# indices: its exact mode), crd/criterion.py (ContrastLoss.forward, Embed + Normalize).
+def reference_contrast_memory(memory_v1, memory_v2, params, v1, v2, y, idx):
+    K = int(params[0].item())
+    T = params[1].item()
+    Z_v1 = params[2].item()
+    Z_v2 = params[3].item()
+    momentum = params[4].item()
+    batchSize = v1.size(0)
+    outputSize = memory_v1.size(0)
+    inputSize = memory_v1.size(1)
+    weight_v1 = torch.index_select(memory_v1, 0, idx.view(-1)).detach()
+    weight_v1 = weight_v1.view(batchSize, K + 1, inputSize)
+    out_v2 = torch.bmm(weight_v1, v2.view(batchSize, inputSize, 1))
+    out_v2 = torch.exp(torch.div(out_v2, T))
+    weight_v2 = torch.index_select(memory_v2, 0, idx.view(-1)).detach()
+    weight_v2 = weight_v2.view(batchSize, K + 1, inputSize)
+    out_v1 = torch.bmm(weight_v2, v1.view(batchSize, inputSize, 1))
+    out_v1 = torch.exp(torch.div(out_v1, T))
+    if Z_v1 < 0:
+        params[2] = out_v1.mean() * outputSize
+        Z_v1 = params[2].clone().detach().item()
+    if Z_v2 < 0:
+        params[3] = out_v2.mean() * outputSize
+        Z_v2 = params[3].clone().detach().item()
+    out_v1 = torch.div(out_v1, Z_v1).contiguous()
+    out_v2 = torch.div(out_v2, Z_v2).contiguous()
+    with torch.no_grad():
+        l_pos = torch.index_select(memory_v1, 0, y.view(-1))
+        l_pos.mul_(momentum)
+        l_pos.add_(torch.mul(v1, 1 - momentum))
+        l_norm = l_pos.pow(2).sum(1, keepdim=True).pow(0.5)
+        updated_v1 = l_pos.div(l_norm)
+        memory_v1.index_copy_(0, y, updated_v1)
+        ab_pos = torch.index_select(memory_v2, 0, y.view(-1))
+        ab_pos.mul_(momentum)
+        ab_pos.add_(torch.mul(v2, 1 - momentum))
+        ab_norm = ab_pos.pow(2).sum(1, keepdim=True).pow(0.5)
+        updated_v2 = ab_pos.div(ab_norm)
+        memory_v2.index_copy_(0, y, updated_v2)
+    return out_v1, out_v2
+
+
+def reference_contrast_loss(x, n_data, eps=1e-7):
+    bsz = x.shape[0]
+    m = x.size(1) - 1
+    Pn = 1 / float(n_data)
+    P_pos = x.select(1, 0)
+    log_D1 = torch.div(P_pos, P_pos.add(m * Pn + eps)).log_()
+    P_neg = x.narrow(1, 1, m)
+    log_D0 = torch.div(P_neg.clone().fill_(m * Pn), P_neg.add(m * Pn + eps)).log_()
+    return - (log_D1.sum(0) + log_D0.view(-1, 1).sum(0)) / bsz
+
+
+def paper_nce(p, n_data):
+    """Tian et al. (2020) eq. 18 with h(T, S) = P / (P + K / N): per sample, -log h of the positive
+    and -log(1 - h) of each of the K negatives, averaged over the batch."""
+    k = len(p[0]) - 1
+    total = 0.0
+    for row in p:
+        h = [v / (v + k / n_data) for v in row]
+        total += -math.log(h[0]) - sum(math.log(1 - v) for v in h[1:])
+    return total / len(p)
+
+
+def test_nce_loss_matches_the_papers_equation():
+    p = np.exp(fixed(4, 6, seed=19)) / 50
+    close(fl.nce_loss(t64(p), 50, eps=0.0).item(), paper_nce(p.tolist(), 50))
+
+
+def test_crd_matches_the_reference_memory_and_loss():
+    """Scores, normalising constants, the NCE loss of both sides and the banks' update, from the
+    same banks, embeddings and contrast indices as RepDistiller's ContrastMemory (exact mode)."""
+    torch.manual_seed(0)
+    n, dim, b, k = 500, 128, 32, 64
+    memory = fm.ContrastMemory(n, dim).double()
+    embed_s, embed_t = fm.Embed(784, dim).double(), fm.Embed(1568, dim).double()
+    v1 = embed_s(torch.randn(b, 16, 7, 7, dtype=torch.float64))
+    v2 = embed_t(torch.randn(b, 32, 7, 7, dtype=torch.float64))
+    assert torch.allclose(v1.norm(dim=1), torch.ones(b, dtype=torch.float64))
+    y = torch.randperm(n)[:b]
+    idx = torch.cat([y[:, None], torch.randint(0, n, (b, k))], dim=1)
+    ref_v1, ref_v2 = memory.student.clone(), memory.teacher.clone()
+    params = torch.tensor([k, 0.07, -1, -1, 0.5], dtype=torch.float64)
+    out_s, out_t = reference_contrast_memory(ref_v1, ref_v2, params, v1, v2, y, idx)
+    scores_s = fl.contrast_scores(memory.teacher, v1, idx, 0.07)
+    scores_t = fl.contrast_scores(memory.student, v2, idx, 0.07)
+    z_s, z_t = scores_s.mean() * n, scores_t.mean() * n
+    close(z_s.item(), params[2].item())
+    close(z_t.item(), params[3].item())
+    assert torch.allclose(scores_s / z_s, out_s.squeeze(2), rtol=1e-6, atol=0)
+    close(fl.nce_loss(scores_s / z_s, n).item() + fl.nce_loss(scores_t / z_t, n).item(),
+          (reference_contrast_loss(out_s, n) + reference_contrast_loss(out_t, n)).item())
+    memory.update(y, v1.detach(), v2.detach(), 0.5)
+    assert torch.allclose(memory.student, ref_v1, rtol=1e-12) and torch.allclose(memory.teacher, ref_v2, rtol=1e-12)
+
+
+def crd_with_labels(labels, nce_k, seed=0):
+    method = fm.CRD.__new__(fm.CRD)
+    method.config = fm.CRDConfig(nce_k=nce_k)
+    others = [torch.nonzero(labels != c).flatten() for c in range(int(labels.max()) + 1)]
+    method.negative_counts = torch.tensor([len(o) for o in others])
+    method.negatives = torch.zeros(len(others), max(len(o) for o in others), dtype=torch.long)
+    for c, o in enumerate(others):
+        method.negatives[c, :len(o)] = o
+    method.generator = torch.Generator().manual_seed(seed)
+    return method
+
+
+def test_crd_negatives_are_other_classes_without_replacement_when_they_suffice():
+    labels = torch.tensor([0] * 30 + [1] * 20 + [2] * 10)
+    batch = torch.tensor([0, 35, 55, 1])
+    exact = crd_with_labels(labels, nce_k=25).draw_negatives(labels[batch])  # every class has >= 30 others
+    assert exact.shape == (4, 25)
+    for row, c in zip(exact, labels[batch]):
+        assert (labels[row] != c).all() and len(set(row.tolist())) == 25
+    mixed = crd_with_labels(labels, nce_k=40).draw_negatives(labels[batch])  # class 0 has 30 others: with replacement
+    assert (labels[mixed] != labels[batch][:, None]).all()
+    assert len(set(mixed[0].tolist())) <= 30 and len(set(mixed[2].tolist())) == 40  # class 2 has 50 others
+    again = crd_with_labels(labels, nce_k=40).draw_negatives(labels[batch])
+    assert torch.equal(mixed, again)  # the draws follow the (checkpointed) generator
+
+
 # --- configs --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def registry():
@@ -509,6 +633,11 @@ def registry():
     ("reviewkd", {"reviewkd_weight": -5.0}, "reviewkd_weight"),
     ("reviewkd", {"warmup": 1.5}, "warmup"),
     ("reviewkd", {"teacher_preact_layers": "3"}, "teacher_preact_layers"),
+    ("crd", {"crd_weight": -0.8}, "crd_weight"),
+    ("crd", {"nce_k": 0}, "nce_k"),
+    ("crd", {"crd_dim": 12.5}, "crd_dim"),
+    ("crd", {"nce_momentum": 1.0}, "nce_momentum"),
+    ("crd", {"nce_temperature": 0.0}, "nce_temperature"),
 ])
 def test_configs_reject_bad_values(registry, method, options, message):
     with pytest.raises(ConfigError, match=message):
@@ -516,18 +645,20 @@ def test_configs_reject_bad_values(registry, method, options, message):
 
 
 def test_defaults_are_the_reference_cifar100_settings(registry):
-    cfg = {name: registry.get("methods", name).Config() for name in ("pkt", "sp", "vid", "nst", "ofd", "reviewkd")}
+    cfg = {name: registry.get("methods", name).Config() for name in ("pkt", "sp", "vid", "nst", "ofd", "reviewkd", "crd")}
     assert cfg["pkt"].pkt_weight == 30000.0 and cfg["sp"].sp_weight == 3000.0 and cfg["nst"].nst_weight == 50.0
     assert (cfg["vid"].vid_weight, cfg["vid"].init_variance, cfg["vid"].variance_eps) == (1.0, 5.0, 1e-5)
     assert cfg["vid"].student_layers == cfg["nst"].student_layers == ["1", "4"]  # every stage, as AT's
     assert cfg["ofd"].ofd_weight == 1e-3 and cfg["ofd"].teacher_preact_layers == ["0", "3"]
     assert (cfg["reviewkd"].reviewkd_weight, cfg["reviewkd"].warmup) == (5.0, 20)
+    crd = cfg["crd"]
+    assert (crd.crd_weight, crd.crd_dim, crd.nce_k, crd.nce_temperature, crd.nce_momentum) == (0.8, 128, 16384, 0.07, 0.5)
 
 
 # --- one tiny run of the arms ---------------------------------------------------------------------
 @pytest.mark.slow
 def test_the_feature_arms_run_on_synthetic_data(tmp_path, no_onednn):
-    """The six arms on synthetic 16x16 data (the zoo's conv trunks give 8x8 and 4x4 maps there),
+    """The seven arms on synthetic 16x16 data (the zoo's conv trunks give 8x8 and 4x4 maps there),
     two short epochs each: records ok, the regressors, connectors and fusion counted as the method's."""
     from kdbench.cli import main
 
@@ -536,11 +667,11 @@ def test_the_feature_arms_run_on_synthetic_data(tmp_path, no_onednn):
             "train.batch_size=32", "measure.throughput_batch=8", "measure.throughput_repeats=1", "measure.latency_repeats=1"]
     out = tmp_path / "runs"
     sets = [arg for s in tiny for arg in ("--set", s)]
-    code = main(["run", str(PLUGIN), "--grid", "method=pkt,sp,vid,nst,ofd,reviewkd", "--seeds", "0", *sets, "--out", str(out),
+    code = main(["run", str(PLUGIN), "--grid", "method=pkt,sp,vid,nst,ofd,reviewkd,crd", "--seeds", "0", *sets, "--out", str(out),
                  "--cache", str(tmp_path / "cache")])
     assert code == 0
     records = {r["method"]: r for r in (json.loads(p.read_text()) for p in out.rglob("record.json"))}
-    assert sorted(records) == ["nst", "ofd", "pkt", "reviewkd", "sp", "vid"]
+    assert sorted(records) == ["crd", "nst", "ofd", "pkt", "reviewkd", "sp", "vid"]
     assert all(r["status"] == "ok" for r in records.values())
     assert all(records[m]["method_params"] == {} for m in ("pkt", "sp", "nst"))
     # per stage: 1x1 convs s->t, t->t, t->t (no bias) and t variances; stages 8->16 and 16->32 channels
@@ -550,3 +681,5 @@ def test_the_feature_arms_run_on_synthetic_data(tmp_path, no_onednn):
     # ABFs (mid 16 channels): 8->16 and 16->32 fused (conv1 + BN, 3x3 conv2 + BN, 1x1 attention), pooled 16->32 not
     abf = [8 * 16 + 32 + 16 * 16 * 9 + 32 + 32 * 2 + 2, 16 * 16 + 32 + 16 * 32 * 9 + 64 + 32 * 2 + 2, 16 * 16 + 32 + 16 * 32 * 9 + 64]
     assert records["reviewkd"]["method_params"] == {"fusion": sum(abf)}
+    # heads Linear(256 -> 128) and Linear(512 -> 128) on the flattened 16x4x4 and 32x4x4 maps; the banks are buffers
+    assert records["crd"]["method_params"] == {"embed_student": 256 * 128 + 128, "embed_teacher": 512 * 128 + 128, "memory": 0}

@@ -1,4 +1,4 @@
-"""The feature and relation distillation losses (PKT, SP, VID, NST, OFD, ReviewKD), as plain functions of tensors
+"""The feature and relation distillation losses (PKT, SP, VID, NST, OFD, ReviewKD, CRD), as plain functions of tensors
 (no model, no ctx), so the tests can hold each one to an independent computation of its paper's
 equation and to the reference implementation's function.
 
@@ -128,3 +128,23 @@ def hcl_loss(student_features, teacher_features, levels=(4, 2, 1)):
             weights += weight
         total = total + loss / weights
     return total
+
+
+def contrast_scores(memory, embeddings, candidates, temperature):
+    """CRD's critic before normalisation (Tian et al. 2020, eq. 19): exp(<m_j, v_i> / T) for each
+    row i of ``embeddings`` (B, D) and its candidates j (B, K + 1) in the memory bank (N, D). All N
+    dot products come from one matmul, then the candidates' are gathered (the reference gathers
+    the B (K + 1) memory rows first: the same values, without the B (K + 1) D copy)."""
+    return torch.exp((embeddings @ memory.T).gather(1, candidates) / temperature)
+
+
+def nce_loss(probabilities, n_data, eps=1e-7):
+    """CRD's NCE objective (Tian et al. 2020, eq. 18) for (B, K + 1) critic values P, the positive
+    first: h = P / (P + K / N), loss = -(sum_i log h_i0 + sum_i sum_k log(1 - h_ik)) / B, with the
+    reference's eps = 1e-7 in each denominator."""
+    k = probabilities.shape[1] - 1
+    noise = k / n_data
+    positive, negative = probabilities[:, 0], probabilities[:, 1:]
+    log_positive = torch.log(positive / (positive + noise + eps))
+    log_negative = torch.log(noise / (negative + noise + eps))
+    return -(log_positive.sum() + log_negative.sum()) / probabilities.shape[0]

@@ -1,5 +1,5 @@
-"""Feature and relation distillation methods on the public Method API: PKT, SP, VID, NST, OFD and
-ReviewKD. Each loss is CE + weight * the paper's term, the weight the one RepDistiller
+"""Feature and relation distillation methods on the public Method API: PKT, SP, VID, NST, OFD,
+ReviewKD and CRD. Each loss is CE + weight * the paper's term, the weight the one RepDistiller
 (HobbitLong/RepDistiller, b84f547, scripts/run_cifar_distill.sh: -a 0 -b WEIGHT) and mdistiller
 (megvii-research/mdistiller, a08d46f, engine/cfg.py, configs/cifar100) use on CIFAR-100;
 feature_losses.py holds the formulas.
@@ -376,6 +376,144 @@ class ReviewKD(FeatureMethod):
         return {"reviewkd": self.config.reviewkd_weight * self.warmup_factor() * hcl}
 
 
+# --- CRD ------------------------------------------------------------------------------------------
+@dataclass
+class CRDConfig:
+    student_embedding: str = "6"  # RepDistiller feat[-1]: the pooled feature before the classifier
+    teacher_embedding: str = "6"
+    crd_weight: float = 0.8  # RepDistiller -b 0.8, mdistiller CRD.LOSS.FEAT_WEIGHT
+    crd_dim: int = 128  # the embedding's size (--feat_dim 128)
+    nce_k: int = 16384  # negatives per sample (--nce_k)
+    nce_temperature: float = 0.07  # (--nce_t)
+    nce_momentum: float = 0.5  # of the memory bank's update (--nce_m)
+
+    def __post_init__(self):
+        check_paths(self, "student_embedding")
+        check_paths(self, "teacher_embedding")
+        check_float(vars(self), "method", "crd_weight", 0)
+        check_int(self, "crd_dim", 1)
+        check_int(self, "nce_k", 1)
+        check_float(vars(self), "method", "nce_temperature", 0, strict=True)
+        check_float(vars(self), "method", "nce_momentum", 0, high=1, high_open=True)
+
+
+class Embed(nn.Module):
+    """CRD's head: flatten, a linear map to ``dim``, L2 normalisation (the reference's Embed)."""
+
+    def __init__(self, in_features, dim):
+        super().__init__()
+        self.linear = nn.Linear(in_features, dim)
+
+    def forward(self, x):
+        x = self.linear(x.flatten(1))
+        return x / x.norm(dim=1, keepdim=True)
+
+
+class ContrastMemory(nn.Module):
+    """CRD's memory banks: one L2-normalised embedding per training sample for the student and for
+    the teacher (buffers, uniform in +-1/sqrt(dim/3) at first as the reference), and the critics'
+    normalising constants Z (student, teacher), fixed from the first batch (-1 before it)."""
+
+    def __init__(self, n_data, dim):
+        super().__init__()
+        bound = 1.0 / math.sqrt(dim / 3)
+        self.register_buffer("student", torch.rand(n_data, dim) * 2 * bound - bound)
+        self.register_buffer("teacher", torch.rand(n_data, dim) * 2 * bound - bound)
+        self.register_buffer("normalizers", torch.full((2,), -1.0))
+
+    @torch.no_grad()
+    def update(self, indices, student, teacher, momentum):
+        """Each sample's entry <- normalize(momentum * entry + (1 - momentum) * its new embedding)."""
+        for bank, new in ((self.student, student), (self.teacher, teacher)):
+            moved = bank[indices] * momentum + new.to(bank.dtype) * (1 - momentum)
+            bank[indices] = moved / moved.norm(dim=1, keepdim=True)
+
+
+class CRD(FeatureMethod):
+    """Contrastive representation distillation (Tian et al. 2020), exact mode: loss = CE + 0.8 *
+    (NCE(student embedding against the teacher's memory bank) + NCE(teacher embedding against the
+    student's)), the positive of each sample its own entry, K negatives drawn uniformly from the
+    samples of the other classes (with replacement only when a class has fewer than K), as
+    RepDistiller's CIFAR100InstanceSample. Training batches carry the samples' indices
+    (wants_indices); the negatives' draws come from a generator seeded by the run seed and
+    checkpointed. The heads are trained with the student; the memory banks are buffers."""
+
+    Config = CRDConfig
+    wants_indices = True
+
+    def __init__(self, config, ctx):
+        super().__init__(config, ctx, [config.student_embedding], [config.teacher_embedding])
+        s_dim = ctx.feature_shapes(ctx.student, self.student_paths)[config.student_embedding].numel()
+        t_dim = ctx.feature_shapes(ctx.teacher, self.teacher_paths)[config.teacher_embedding].numel()
+        self.embed_student = ctx.add_module("embed_student", Embed(s_dim, config.crd_dim), trainable=True)
+        self.embed_teacher = ctx.add_module("embed_teacher", Embed(t_dim, config.crd_dim), trainable=True)
+        labels = torch.cat([y for _, y in ctx.data.batches("train", 4096)])  # in index order
+        self.n_data = len(labels)
+        self.memory = ctx.add_module("memory", ContrastMemory(self.n_data, config.crd_dim), trainable=False)
+        # the other classes' samples of each class, in index order, padded at the end: (classes, longest)
+        others = [torch.nonzero(labels != c).flatten() for c in range(ctx.data.info["num_classes"])]
+        if min(len(o) for o in others) == 0:
+            raise ConfigError("CRD draws its negatives from the other classes: the training split has a single class")
+        self.negative_counts = torch.tensor([len(o) for o in others], device=ctx.device)
+        self.negatives = torch.zeros(len(others), max(len(o) for o in others), dtype=torch.long, device=ctx.device)
+        for c, o in enumerate(others):
+            self.negatives[c, :len(o)] = o
+        self.generator = torch.Generator(device=ctx.device).manual_seed(ctx.seed)
+
+    def draw_negatives(self, labels):
+        """(B, K) training-split indices of other classes' samples, uniform; without replacement
+        for a class with at least K of them (the K smallest of uniform keys), else with."""
+        k, table, counts = self.config.nce_k, self.negatives[labels], self.negative_counts[labels]
+        position = torch.arange(table.shape[1], device=table.device)
+        if bool((counts >= k).all()):
+            keys = torch.rand(table.shape, generator=self.generator, device=table.device)
+            chosen = keys.masked_fill(position >= counts[:, None], 2.0).topk(k, dim=1, largest=False).indices
+        else:
+            uniform = torch.rand((len(labels), k), generator=self.generator, device=table.device)
+            chosen = (uniform * counts[:, None]).long().clamp(max=table.shape[1] - 1)
+            if bool((counts >= k).any()):  # classes with enough negatives draw without replacement
+                keys = torch.rand(table.shape, generator=self.generator, device=table.device)
+                exact = keys.masked_fill(position >= counts[:, None], 2.0).topk(k, dim=1, largest=False).indices
+                chosen = torch.where((counts >= k)[:, None], exact, chosen)
+        return table.gather(1, chosen)
+
+    def contrast_loss(self, student_features, teacher_features, labels, indices):
+        config, memory = self.config, self.memory
+        candidates = torch.cat([indices[:, None], self.draw_negatives(labels)], dim=1)
+        with torch.autocast(self.ctx.device.type, enabled=False):
+            v_student = self.embed_student(student_features.float())
+            v_teacher = self.embed_teacher(teacher_features.float())
+            # the student's embedding against the teacher's bank, and the other way round
+            scores_student = feature_losses.contrast_scores(memory.teacher, v_student, candidates, config.nce_temperature)
+            scores_teacher = feature_losses.contrast_scores(memory.student, v_teacher, candidates, config.nce_temperature)
+            if memory.normalizers[0] < 0:  # Z = N E[exp(<m, v> / T)], estimated on the first batch (the reference)
+                memory.normalizers.copy_(torch.stack([scores_student.detach().mean(), scores_teacher.detach().mean()]) * self.n_data)
+            loss = (feature_losses.nce_loss(scores_student / memory.normalizers[0], self.n_data)
+                    + feature_losses.nce_loss(scores_teacher / memory.normalizers[1], self.n_data))
+        return loss, v_student.detach(), v_teacher.detach()
+
+    def train_step(self, batch):
+        images, labels, indices = batch
+        with torch.no_grad():
+            self.teacher(images)
+        logits = self.student(images)
+        ce = F.cross_entropy(logits, labels)
+        contrast, v_student, v_teacher = self.contrast_loss(self.student_tap[self.student_paths[0]],
+                                                            self.teacher_tap[self.teacher_paths[0]], labels, indices)
+        crd = self.config.crd_weight * contrast
+        loss = ce + crd
+        self.ctx.step(self.optimizer, loss)
+        # after the backward, which reads the banks (the reference updates them before it, from copies: the same values)
+        self.memory.update(indices, v_student, v_teacher, self.config.nce_momentum)
+        return {"loss": loss.detach(), "ce": ce.detach(), "crd": crd.detach()}
+
+    def state_dict(self):
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state):
+        self.generator.set_state(state["generator"].cpu())
+
+
 def register(register):
     register("pkt", PKT, description="probabilistic KT: CE + 30000 KL of cosine-kernel probabilities over the batch")
     register("sp", SP, description="similarity-preserving KD: CE + 3000 ||G_t - G_s||^2 / N^2 on the last map")
@@ -383,3 +521,4 @@ def register(register):
     register("nst", NST, description="neuron selectivity transfer: CE + 50 MMD^2 (poly kernel) of channel maps per stage")
     register("ofd", OFD, description="overhaul of feature distillation: CE + 1e-3 partial L2 to margin-clipped pre-ReLU teacher maps")
     register("reviewkd", ReviewKD, description="knowledge review: CE + 5 HCL(attention-fused student levels, teacher pre-ReLU maps)")
+    register("crd", CRD, description="contrastive representation distillation: CE + 0.8 NCE against memory banks, 16384 negatives")
