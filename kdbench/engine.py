@@ -284,14 +284,19 @@ def build_method(method_cls, config, ctx):
     """The method on ``ctx``, with its default optimizer (the student and every trainable module)
     unless its __init__ set ``self.optimizer`` itself. Tests that build a method by hand use this."""
     ctx.sample_indices = method_cls.wants_indices
+    method = method_cls.__new__(method_cls)  # made before __init__, so a failed one is torn down too
     try:
-        method = method_cls(config, ctx)
+        method.__init__(config, ctx)
         if getattr(method, "optimizer", None) is None:
             method.optimizer = ctx.optimizer(method.parameters())
         if ctx.ddp:
             enter_ddp(method, ctx)
-    except BaseException:
+    except BaseException as exc:
         ctx.remove_features()  # hooks on a shared teacher must not outlive a failed build
+        try:
+            method.teardown()
+        except Exception as also:  # the build's error is the one to report
+            exc.add_note(f"teardown() after the failed build raised too: {type(also).__name__}: {also}")
         raise
     return method
 

@@ -10,7 +10,9 @@ below. Each hook receives a ``register`` callback; call it once per component:
         register("my-kd", MyKD, description="KD with my twist")
 
 ``register(name, obj, **metadata)`` rejects a name that another plugin already registered (the
-error names both plugins). Metadata is free-form and shown by ``python -m kdbench list``;
+error names both plugins); ``register(name, obj, replaces=True)`` replaces a built-in of that
+name on purpose (one notice line). A ``@hookimpl`` whose name is none of the hooks below is an
+error, not ignored. Metadata is free-form and shown by ``python -m kdbench list``;
 ``description`` is the conventional key.
 
 This module must stay free of torch imports: ``python -m kdbench --help`` loads it.

@@ -15,8 +15,8 @@ calls) -> ``end_epoch(epoch)`` -> phase "val" (``evaluate("val")``) -> a snapsho
 and of ``state_dict()`` when the epoch is the best so far -> checkpoint; then ``finish()`` ->
 phase "test-last" (``evaluate("test")`` of the last state) -> the best snapshot loaded into every
 module and ``load_state_dict`` -> phase "test-best" (``evaluate("test")``) -> ``teardown()``,
-which always runs, also when the cell fails. A teacher's cache entry saves every module as the
-"test-best" pass saw them.
+which always runs, also when the cell fails (in ``__init__`` too). A teacher's cache entry saves
+every module as the "test-best" pass saw them.
 
     ctx.student, ctx.teacher      the models on the device; the teacher is in eval mode with
                                   frozen parameters (gradients still flow to its input)
@@ -127,7 +127,8 @@ class Method:
 
     def teardown(self):
         """Called once when the cell ends, ok or failed, after the engine removed its feature
-        hooks: release whatever the method holds outside its modules."""
+        hooks: release whatever the method holds outside its modules. Also called when
+        ``__init__`` raised, so it must cope with attributes that ``__init__`` did not set."""
 
     def evaluate(self, split):
         """Metrics of the student on ``split`` ("val" or "test"); must contain the selection key."""

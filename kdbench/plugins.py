@@ -24,10 +24,10 @@ import pluggy
 
 from kdbench import hookspecs
 from kdbench.errors import PluginError
-from kdbench.registry import KINDS, Registry
+from kdbench.errors import did_you_mean
+from kdbench.registry import BUILTIN, KINDS, Registry
 
 ENTRY_POINT_GROUP = "kdbench"
-BUILTIN = "kdbench.builtin"
 PATH_PACKAGE = "kdbench_plugins"  # path plugins are imported as kdbench_plugins.<folder name>
 
 
@@ -63,7 +63,7 @@ def load_registry(plugin_dirs=(), strict=None, warn=None):
     import kdbench
     from kdbench import builtin
 
-    registry = Registry()
+    registry = Registry(notice=warn)
     pm.register(builtin, name=BUILTIN)
     registry.plugins[BUILTIN] = plugin_info(BUILTIN, kdbench.__version__, "builtin", engine_fingerprint())
     for ep in entry_points(group=ENTRY_POINT_GROUP):
@@ -86,6 +86,7 @@ def load_registry(plugin_dirs=(), strict=None, warn=None):
         except Exception as exc:
             skip(name, exc)
 
+    check_hook_names(pm)
     for kind in KINDS:
         caller = getattr(pm.hook, f"kdbench_register_{kind}")
         for impl in caller.get_hookimpls():  # in registration order: built-ins first
@@ -96,6 +97,24 @@ def load_registry(plugin_dirs=(), strict=None, warn=None):
             except Exception as exc:
                 skip(impl.plugin_name, exc)
     return registry
+
+
+def check_hook_names(pm):
+    """A hook implementation whose name is no hook spec (a misspelling pluggy would ignore) is
+    an error naming it and the valid hooks; so is a hook spec's name defined without @hookimpl."""
+    specs = sorted(name for name in dir(hookspecs) if name.startswith("kdbench_register_"))
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError:
+        for name, caller in vars(pm.hook).items():
+            if not name.startswith("_") and not caller.has_spec() and caller.get_hookimpls():
+                plugin = caller.get_hookimpls()[0].plugin_name
+                raise PluginError(f"plugin {plugin!r}: " + did_you_mean(name, specs, "hook")) from None
+        raise
+    for plugin in pm.get_plugins():
+        for name in specs:
+            if callable(getattr(plugin, name, None)) and not pm.parse_hookimpl_opts(plugin, name):
+                raise PluginError(f"plugin {pm.get_name(plugin)!r} defines {name} without @kdbench.hookimpl, so it is never called")
 
 
 def import_plugin_folder(folder):

@@ -17,25 +17,37 @@ class Entry:
     metadata: dict = field(default_factory=dict)
 
 
+BUILTIN = "kdbench.builtin"
+
+
 class Registry:
-    def __init__(self):
+    def __init__(self, notice=None):
         self.tables = {kind: {} for kind in KINDS}
         # plugin name -> {name, version, fingerprint, source}: the code behind each component
         self.plugins = {}
+        self.notice = notice or (lambda message: None)
 
     def register_callback(self, kind, plugin):
-        """The ``register(name, obj, **metadata)`` function handed to ``plugin``'s hook."""
+        """The ``register(name, obj, replaces=False, **metadata)`` function handed to ``plugin``'s
+        hook. ``replaces=True`` replaces the built-in component of that name on purpose."""
 
-        def register(name, obj, **metadata):
+        def register(name, obj, replaces=False, **metadata):
             if not isinstance(name, str) or not name:
                 raise PluginError(f"plugin {plugin!r} registered a {kind[:-1]} with an invalid name {name!r}")
             if not callable(obj):
                 raise PluginError(f"plugin {plugin!r} registered {kind[:-1]} {name!r} with a non-callable {obj!r}")
             table = self.tables[kind]
-            if name in table:
+            old = table.get(name)
+            if replaces:
+                if old is None or old.plugin != BUILTIN:
+                    what = f"comes from plugin {old.plugin!r}, not a built-in; rename one of them" if old else "is not a built-in"
+                    raise PluginError(f"plugin {plugin!r} registers {kind[:-1]} {name!r} with replaces=True, but {name!r} {what}")
+                self.notice(f"plugin {plugin!r} replaces the built-in {kind[:-1]} {name!r}")
+            elif old is not None:
+                hint = " (to replace a built-in on purpose: register(name, obj, replaces=True))" if old.plugin == BUILTIN else ""
                 raise PluginError(
-                    f"{kind[:-1]} {name!r} is registered twice: by plugin {table[name].plugin!r} and by "
-                    f"plugin {plugin!r}; rename one of them"
+                    f"{kind[:-1]} {name!r} is registered twice: by plugin {old.plugin!r} and by "
+                    f"plugin {plugin!r}; rename one of them{hint}"
                 )
             table[name] = Entry(name, obj, plugin, metadata)
 

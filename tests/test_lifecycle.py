@@ -318,3 +318,34 @@ def test_evaluation_batches_can_carry_indices_too():
     batches = list(data.batches("val", 2, indices=True))
     assert [b[2].tolist() for b in batches] == [[0, 1], [2, 3], [4]]
     assert all(torch.equal(b[1], b[2]) for b in batches)
+
+
+def test_teardown_runs_after_a_failed_init(tmp_path):
+    """teardown() always runs: also when __init__ raised (after its hooks were removed), and an
+    error in that teardown is a note on the build's error, not a replacement for it."""
+    from kdbench.engine import build_method
+    from kdbench.method import Method
+    from kdbench.plugins import load_registry
+
+    registry = load_registry([])
+    torn_down = []
+
+    class FailsInInit(Method):
+        def __init__(self, config, ctx):
+            super().__init__(config, ctx)
+            self.tap = ctx.features(ctx.student, ["1"])
+            raise RuntimeError("bad layer")
+
+        def teardown(self):
+            torn_down.append(not any(m._forward_hooks for m in self.student.modules()))
+            if getattr(self, "fail_teardown", False):
+                raise ValueError("teardown too")
+
+    ctx = fake_context(tmp_path, registry)
+    with pytest.raises(RuntimeError, match="bad layer"):
+        build_method(FailsInInit, FailsInInit.Config(), ctx)
+    assert torn_down == [True]
+    FailsInInit.fail_teardown = True
+    with pytest.raises(RuntimeError, match="bad layer") as info:
+        build_method(FailsInInit, FailsInInit.Config(), fake_context(tmp_path, registry))
+    assert info.value.__notes__ == ["teardown() after the failed build raised too: ValueError: teardown too"]

@@ -146,3 +146,48 @@ def test_every_hook_spec_is_documented_and_exercised():
         doc = inspect.getdoc(getattr(hookspecs, name))
         assert doc and "register(" in doc, f"{name} is undocumented"
         assert f"def {name}(register)" in sources, f"no test plugin implements {name}"
+
+
+REPLACING_PLUGIN = '''
+import kdbench
+from kdbench.method import KD
+
+
+class LoudKD(KD):
+    """kd, replaced on purpose."""
+
+
+@kdbench.hookimpl
+def kdbench_register_methods(register):
+    register("kd", LoudKD, replaces=True, description="kd with a twist")
+'''
+
+
+def test_a_builtin_is_replaced_only_on_purpose(tmp_path):
+    plain = write_plugin(tmp_path / "plain", plugin=REPLACING_PLUGIN.replace(", replaces=True", ""))
+    with pytest.raises(PluginError, match=r"by plugin 'kdbench.builtin' and by plugin 'plain'; rename one of them "
+                                          r"\(to replace a built-in on purpose: register\(name, obj, replaces=True\)\)"):
+        load_registry([plain])
+    folder = write_plugin(tmp_path / "loud", plugin=REPLACING_PLUGIN)
+    notices = []
+    registry = load_registry([folder], warn=notices.append)
+    assert registry.get("methods", "kd").__name__ == "LoudKD" and registry.plugin_of("methods", "kd") == "loud"
+    assert notices == ["plugin 'loud' replaces the built-in method 'kd'"]
+    again = write_plugin(tmp_path / "again", plugin=REPLACING_PLUGIN)
+    with pytest.raises(PluginError, match="registers method 'kd' with replaces=True, but 'kd' comes from plugin 'loud', not a built-in; rename one of them"):
+        load_registry([folder, again])
+    nothing = write_plugin(tmp_path / "nothing", plugin=REPLACING_PLUGIN.replace('"kd"', '"kd2"'))
+    with pytest.raises(PluginError, match="registers method 'kd2' with replaces=True, but 'kd2' is not a built-in"):
+        load_registry([nothing])
+
+
+def test_a_misspelled_or_unmarked_hook_is_an_error(tmp_path):
+    typo = write_plugin(tmp_path / "typo", plugin=GENERATOR_PLUGIN.replace("kdbench_register_generators", "kdbench_register_generator"))
+    with pytest.raises(PluginError) as info:
+        load_registry([typo])
+    message = str(info.value)
+    assert message.startswith("plugin 'typo': unknown hook 'kdbench_register_generator' (did you mean 'kdbench_register_generators'")
+    assert message.endswith("valid: " + ", ".join(f"kdbench_register_{k}" for k in sorted(KINDS))) and "\n" not in message
+    unmarked = write_plugin(tmp_path / "unmarked", plugin=GENERATOR_PLUGIN.replace("@kdbench.hookimpl\n", ""))
+    with pytest.raises(PluginError, match="plugin 'unmarked' defines kdbench_register_generators without @kdbench.hookimpl, so it is never called"):
+        load_registry([unmarked])
