@@ -11,6 +11,7 @@ from kdbench.results import BASE_COLUMNS, GAIN_COLUMNS, Results
 
 ARROW = {"max": "↑", "min": "↓"}
 STALE_MARK = "†"
+MIXED_MARK = "‡"  # the numbers compare or average runs of different identities (kdbench.results.Results.mixed)
 
 
 def missing(value):
@@ -42,7 +43,7 @@ def display_frame(table):
     rows = []
     any_failed = (table["status"] != "ok").any()
     for _, r in table.iterrows():
-        method = r["method"] + (f" {STALE_MARK}" if isinstance(r.get("stale"), str) and r["stale"] else "")
+        method = r["method"] + marks(r)
         row = {"experiment": r["experiment"], "method": method, "setting": r["setting"], "model": r["student"]}
         if r["status"] != "ok":
             seed = "" if missing(r.get("seed")) else f" (seed {int(r['seed'])})"
@@ -71,6 +72,12 @@ def display_frame(table):
     return frame.loc[:, (frame != "").any(axis=0)]
 
 
+def marks(row):
+    """`` †`` for a row of records kept stale, `` ‡`` for one whose numbers mix run identities."""
+    flag = lambda key: isinstance(row.get(key), str) and row[key]  # noqa: E731
+    return (f" {STALE_MARK}" if flag("stale") else "") + (f" {MIXED_MARK}" if flag("mixed") else "")
+
+
 def notes(table, shown):
     """The footnotes that explain the marks a table shows."""
     lines = []
@@ -86,6 +93,10 @@ def notes(table, shown):
                      f"{stats.MIN_PAIRS} seed pairs the mean alone, no verdict.")
     for reason in sorted({x for x in table.get("stale", pd.Series(dtype=str)).dropna() if x}):
         lines.append(f"{STALE_MARK} stale record (kept on request): {reason}")
+    mixed = table[table["mixed"].fillna("") != ""] if "mixed" in table else table.iloc[:0]
+    for _, r in mixed.iterrows():
+        lines.append(f"{MIXED_MARK} {r['method']} {r['setting']}".rstrip() + f" ({r['experiment']}): {r['mixed']}; rerun its arms "
+                     "on one code version and machine to compare like with like (run reruns the records whose identity changed)")
     return lines
 
 
@@ -112,8 +123,8 @@ def render(results, fmt_name="md", sort=None):
 
 def csv_frame(table):
     """Numeric columns for everything shown: means, stds, 95% half-widths, gains, status, error."""
-    table = table.drop(columns=["pair_key", "student_config"], errors="ignore")
-    for col in BASE_COLUMNS + GAIN_COLUMNS + ["stale", "error"]:
+    table = table.drop(columns=["pair_key", "student_config", "identity"], errors="ignore")
+    for col in BASE_COLUMNS + GAIN_COLUMNS + ["stale", "mixed", "error"]:
         if col not in table:
             table[col] = None
     for col in ("seeds", "seed", "gain_n"):
@@ -122,7 +133,7 @@ def csv_frame(table):
     for col in [c for c in table.columns if c.endswith("_mean") and not c.startswith("gain_")]:
         stem = col.removesuffix("_mean")
         front += [c for c in (f"{stem}_mean", f"{stem}_std", f"{stem}_ci95") if c in table]
-    back = GAIN_COLUMNS + ["stale", "error"]
+    back = GAIN_COLUMNS + ["stale", "mixed", "error"]
     return table[front + [c for c in table.columns if c not in front + back] + back]
 
 

@@ -6,7 +6,7 @@ import math
 import pandas as pd
 
 from kdbench.errors import ConfigError
-from kdbench.leaderboard import ARROW, STALE_MARK
+from kdbench.leaderboard import ARROW, marks
 from kdbench.results import Results
 
 
@@ -48,8 +48,8 @@ def figure(results):
         metric, direction = part["metric"].iloc[0], part["direction"].iloc[0]
         ys = part[f"{metric}_best_mean"].astype(float)
         errs = part.get(f"{metric}_best_ci95", pd.Series(math.nan, index=part.index)).astype(float)
-        labels = [f"{m}{' ' + STALE_MARK if isinstance(st, str) and st else ''} {s}".strip()
-                  for m, s, st in zip(part["method"], part["setting"].fillna(""), part.get("stale", [""] * len(part)))]
+        labels = [f"{row['method']}{marks(row)} {row['setting'] if isinstance(row['setting'], str) else ''}".strip()
+                  for _, row in part.iterrows()]
         colors = [plt.cm.tab10(i % 10) for i in range(len(part))]
         ylabel = f"{metric} at the best epoch {ARROW[direction]} (mean, 95% interval)"
         where = ", ".join(sorted({str(s) for s in part["speed_at"].dropna()}))

@@ -251,8 +251,15 @@ def render_table(results):
             values.append(leaderboard.fmt(mean, half))
             gain = results.gain(experiment, cell_id, column, directions[key])
             gains.append("" if gain is None else fmt_gain(gain))
-        lines.append("| " + " | ".join([arm_label(first), student_label(first), str(len(by_seed)), *values, *gains]) + " |")
+        mark = f" {leaderboard.MIXED_MARK}" if results.mixed(experiment, cell_id) else ""
+        lines.append("| " + " | ".join([arm_label(first) + mark, student_label(first), str(len(by_seed)), *values, *gains]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def mixed_note(results):
+    """The lines that explain the arms marked as mixing run identities (none: empty)."""
+    return [f"{leaderboard.MIXED_MARK} {arm_label(first)}: {results.mixed(experiment, cell_id)}." for experiment, cell_id, first, _ in arms(results)
+            if results.mixed(experiment, cell_id)]
 
 
 def arm_labels(results):
@@ -364,6 +371,9 @@ def render_block(args, by_setting, machines, walls):
              "baseline arm with the same student, data and training settings, signed so that positive is better, "
              "[95% interval], * when it excludes zero, n.s. (not significant) when it does not; ↑/↓: higher/lower "
              "is better.", ""]
+    mixed = mixed_note(results[first])
+    if mixed:
+        parts += [" ".join(mixed) + " Rerun those arms on one code version to compare like with like.", ""]
     stale = sorted({r["stale"] for rs in by_setting.values() for r in rs if r.get("stale")})
     if stale:
         count = sum(1 for rs in by_setting.values() for r in rs if r.get("stale"))

@@ -26,6 +26,7 @@ from kdbench.errors import ConfigError
 BASE_COLUMNS = ["experiment", "cell_id", "method", "baseline", "setting", "student", "status", "seeds", "seed", "metric", "direction"]
 GAIN_COLUMNS = ["gain_mean", "gain_ci_low", "gain_ci_high", "gain_n", "gain_significant"]
 KEYS = ["experiment", "cell_id"]
+BUILTIN = "kdbench.builtin"  # kdbench.plugins.BUILTIN: the engine's fingerprint in a record's identity
 
 
 def is_usable(record):
@@ -78,6 +79,7 @@ def flatten(record):
         "speed_at": speed_at(speed),
         "train_time_s": record.get("train_time_s"),
         "stale": record.get("stale") or "",
+        "identity": record.get("identity"),
     }
     row |= {k: v for k, v in record["metrics"].items()}
     return row
@@ -120,6 +122,27 @@ def teacher_rows(records):
     return rows
 
 
+def identity_differences(a, b, same_cell):
+    """What differs between two runs' identities that a comparison of them must not hide: the code
+    of the plugins both ran (kdbench's own included), the device and thread count, the number of
+    DDP processes, and, between two seeds of one cell, the teacher (an arm and its baseline differ
+    in config and teacher by definition). Nothing is known of a record without an identity."""
+    if not a or not b:
+        return []
+    found = []
+    if same_cell and a.get("teacher") != b.get("teacher"):
+        found.append("teacher")
+    if (a.get("device"), a.get("threads")) != (b.get("device"), b.get("threads")):
+        found.append("device or thread count")
+    if a.get("processes", 1) != b.get("processes", 1):
+        found.append("number of DDP processes")
+    ours, theirs = a.get("plugins") or {}, b.get("plugins") or {}
+    for name in sorted(set(ours) & set(theirs)):
+        if ours[name] != theirs[name]:
+            found.append("kdbench code" if name == BUILTIN else f"plugin {name!r} code")
+    return found
+
+
 class Results:
     """The per-seed frame of ``records`` with its baseline pairing, and the summaries built from it
     (see the module's docstring)."""
@@ -149,6 +172,24 @@ class Results:
                           & (cells["pair_key"] == row["pair_key"]) & (cells["metric"] == row["metric"])]
             base[row["experiment"], row["cell_id"]] = None if match.empty or row["method"] == row["baseline"] else match["cell_id"].iloc[0]
         return base
+
+    def mixed(self, experiment, cell_id):
+        """Why a cell's numbers compare or average runs of different identities ("" when they do
+        not): its seeds against each other, and each seed against its baseline's seed. Such a gain
+        is not a paired gain; the leaderboard marks it as it marks records kept stale."""
+        by_seed = self.seeds(experiment, cell_id)
+        identities = [r["identity"] for r in by_seed.values()]
+        own = sorted({d for other in identities[1:] for d in identity_differences(identities[0], other, True)})
+        reasons = [f"its seeds ran with different {', '.join(own)}"] if own else []
+        base = self.base_of(experiment, cell_id)
+        if base is not None:
+            baseline = self.seeds(experiment, base)
+            paired = sorted({d for s, r in by_seed.items() if s in baseline
+                             for d in identity_differences(r["identity"], baseline[s]["identity"], False)})
+            if paired:
+                reasons.append(f"its gain pairs runs of different {', '.join(paired)} with {baseline[next(iter(baseline))]['method']}'s, "
+                               "not a paired gain")
+        return "; ".join(reasons)
 
     def base_of(self, experiment, cell_id):
         return self.runs.loc[(self.runs["experiment"] == experiment) & (self.runs["cell_id"] == cell_id), "base"].iloc[0]
@@ -199,6 +240,7 @@ class Results:
                     table[f"{col}_ci95"] = grouped[col].agg(lambda s: stats.mean_ci(s)[1])
             table["stale"] = grouped["stale"].agg(lambda s: "; ".join(sorted({x for x in s if x})))
             table = table.reset_index()
+            table["mixed"] = [self.mixed(e, c) for e, c in zip(table["experiment"], table["cell_id"])]
             table = pd.concat([table, self.gain_columns(table)], axis=1)
             teachers = pd.DataFrame(self.teachers)
             if not teachers.empty:

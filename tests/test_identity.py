@@ -127,3 +127,22 @@ def test_the_engine_fingerprint_follows_the_code_that_computes_results(tmp_path)
     with open(tmp_path / "kdbench" / "engine.py", "a") as f:
         f.write("\n# an engine change\n")
     assert fingerprint() != first
+
+
+def test_a_subset_rerun_after_a_code_change_marks_the_gains_it_mixes(tmp_path, cli):
+    """The plugin supplies the student of both arms; after its code changed only scratch is rerun:
+    soft-kd's records are of the old code, so its gain against the new scratch is marked, in the
+    leaderboard saved for the whole experiment and in the one `leaderboard` prints."""
+    folder = write_plugin(tmp_path / "softkd")
+    args = ["--seeds", "0", "--set", "train.epochs=1", "--set", "teacher.train.epochs=1"]
+    assert cli("run", str(folder), *args)[0] == 0
+    assert "‡" not in (tmp_path / "runs" / "softkd" / "leaderboard.md").read_text()
+    (folder / "plugin.py").write_text((folder / "plugin.py").read_text() + "\n# a change\n")
+    code, out, _ = cli("run", str(folder), *args, "--grid", "method=scratch")
+    assert code == 0 and "1 stale run(s) rerun: plugin 'softkd' code changed (1)" in out
+    saved = (tmp_path / "runs" / "softkd" / "leaderboard.md").read_text()
+    row = next(line for line in saved.splitlines() if "| soft-kd" in line)
+    assert "soft-kd ‡" in row
+    assert "its gain pairs runs of different plugin 'softkd' code with scratch's, not a paired gain" in saved
+    code, printed, _ = cli("leaderboard", str(tmp_path / "runs"))
+    assert code == 0 and "soft-kd ‡" in printed and "not a paired gain" in printed

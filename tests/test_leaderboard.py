@@ -230,3 +230,34 @@ def test_a_record_found_twice_counts_once():
     twice = records + [dict(records[0])]  # the same (cell, seed) in two folders
     one, two = (Results(r).table.set_index("method").loc["scratch"] for r in (records, twice))
     assert two["top1_best_std"] == one["top1_best_std"] and two["seeds"] == 3
+
+
+def with_identity(records, code, method=None, seeds=None):
+    """``records`` with an identity whose kdbench fingerprint is ``code`` (for ``method``'s records
+    and ``seeds`` only, when given)."""
+    for r in records:
+        if (method is None or r["method"] == method) and (seeds is None or r["seed"] in seeds):
+            r["identity"] = {"config": "c", "seed": r["seed"], "teacher": None, "plugins": {"kdbench.builtin": code, "p": "p1"},
+                             "device": "cpu", "threads": 1}
+    return records
+
+
+def test_runs_of_different_code_are_never_paired_or_averaged_unmarked():
+    from kdbench import report
+
+    records = with_identity(three_seed_records(), "k1")
+    assert "‡" not in leaderboard.render(records, "md")  # one code version: nothing to say
+    with_identity(records, "k2", method="scratch")  # scratch rerun on new code, kd left as it was
+    with_identity(records, "k2", method="kd", seeds={2})  # and one seed of each kd cell
+    text = leaderboard.render(records, "md")
+    row = next(line for line in text.splitlines() if "T=4" in line and "| kd" in line)
+    assert "| kd ‡ " in row and "+4.17 [" in row  # the gain is still shown, marked
+    assert ("‡ kd T=4 (exp): its seeds ran with different kdbench code; its gain pairs runs of different kdbench code with "
+            "scratch's, not a paired gain; rerun its arms") in text
+    assert "| scratch " in text and "‡ scratch" not in text  # its own seeds are one code version
+    table = pd.read_csv(io.StringIO(leaderboard.render(records, "csv"))).set_index("setting")
+    assert "not a paired gain" in table.loc["T=4", "mixed"]
+    block = report.render_table(Results(records))
+    assert "| kd T=4 ‡ |" in block and "| scratch |" in block
+    with_identity(records, "k2", method="kd")  # every run on the new code: unmarked again
+    assert "‡" not in leaderboard.render(records, "md")
