@@ -92,7 +92,7 @@ def launch_ddp(processes, argv):
 
 
 def run_grid(args):
-    from kdbench import distributed, engine, experiment, loggers, runner
+    from kdbench import distributed, engine, experiment, features, loggers, runner
 
     folder = check_plugin_folder(args.plugin).resolve()
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
@@ -112,6 +112,7 @@ def run_grid(args):
     cells, seeds, profile = experiment.expand(folder, registry, grid=args.grid, sets=sets, profile=args.profile, seeds=seeds, plugin_dirs=[folder])
     engine.resolve_device(args.device)
     engine.check_data(registry, cells)
+    features.check_layer_options(registry, cells)
     logger_names = tuple(dict.fromkeys(name for arg in args.loggers for name in arg.split(",") if name))
     loggers.check(logger_names, registry)
     options = runner.RunOptions(out=args.out, cache=args.cache, device=args.device, force=args.force,

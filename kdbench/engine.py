@@ -247,6 +247,12 @@ def load_bundle(registry, data_json, device):
     return DataBundle.build(load_raw(registry, json.dumps(source, sort_keys=True)), cfg, device)
 
 
+def load_source(registry, data_cfg):
+    """The raw dataset of ``data_cfg`` (a DataConfig dict), loaded once per source."""
+    source = {k: v for k, v in data_cfg.items() if k in DATA_SOURCE_KEYS}
+    return load_raw(registry, json.dumps(source, sort_keys=True))
+
+
 def load_data(registry, data_cfg, device):
     return load_bundle(registry, json.dumps(data_cfg, sort_keys=True), device)
 
@@ -260,8 +266,7 @@ def check_data(registry, cells):
     for cell in cells:
         for cfg in (cell.config["data"], (cell.config["teacher"] or {}).get("data")):
             if cfg:
-                source = {k: v for k, v in cfg.items() if k in DATA_SOURCE_KEYS}
-                check_sizes(load_raw(registry, json.dumps(source, sort_keys=True)), DataConfig(**cfg))
+                check_sizes(load_source(registry, cfg), DataConfig(**cfg))
 
 
 def prepare(*, registry, role, model_spec, method_name, method_options, data_cfg, train_cfg, seed, device, run_dir, teacher=None, teacher_loader=None, ddp=False):

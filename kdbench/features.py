@@ -68,3 +68,44 @@ def output_shapes(model, inputs, paths=None):
         out = outputs.get(path)
         shapes[path] = out.shape[1:] if torch.is_tensor(out) else None if out is None else type(out).__name__
     return shapes
+
+
+def check_layer_options(registry, cells):
+    """Before any training: every module path that a cell's method names in one of its
+    ``layer_options`` is a submodule of that model, or a one-line ConfigError naming the option,
+    teacher or student, the model and the valid paths."""
+    import json
+
+    from kdbench.engine import load_source
+    from kdbench.spec import model_options
+
+    models = {}  # one throwaway build per (role, model spec, dataset)
+    for cell in cells:
+        for option, role in registry.get("methods", cell.method).layer_options.items():
+            value = cell.config["method"][option]
+            paths = [value] if isinstance(value, str) else list(value)
+            spec = cell.config[role]
+            data = (spec.get("data") if role == "teacher" else None) or cell.config["data"]
+            key = (role, json.dumps(spec, sort_keys=True, default=str), data["name"])
+            if key not in models:
+                raw = load_source(registry, data)
+                info = {"num_classes": raw.num_classes, "in_channels": raw.train_x.shape[1], "image_size": raw.train_x.shape[2]}
+                options = model_options(spec) if role == "teacher" else {k: v for k, v in spec.items() if k != "model"}
+                models[key] = module_paths(registry.build_model(f"{role}s", spec["model"], info, **options))
+            valid = models[key]
+            unknown = [p for p in paths if not isinstance(p, str) or p not in valid]
+            if unknown:
+                raise ConfigError(f"method.{option} of {cell.method!r} names {', '.join(map(repr, unknown))}, not a module path "
+                                  f"of the {role} {spec['model']!r}; valid: {suggest_paths(unknown[0], valid)} "
+                                  f"(python -m kdbench list {role}s --layers {spec['model']} --dataset {data['name']})")
+
+
+def suggest_paths(path, valid, limit=30):
+    """All of ``valid`` when short; otherwise the paths close to ``path`` and the top-level ones."""
+    import difflib
+
+    if len(valid) <= limit:
+        return ", ".join(valid)
+    close = difflib.get_close_matches(str(path), valid, n=5, cutoff=0.6)
+    top = [p for p in valid if "." not in p]
+    return ", ".join(dict.fromkeys(close + top)) + f", ... ({len(valid)} in all)"

@@ -86,6 +86,10 @@ class Method:
     student_kind = "classifier"  # "generator": evaluate() is the method's, and so is the ranking
     selection = ("top1", "max")  # the validation metric (a key of evaluate()) that picks the best epoch
     lower_is_better = ()  # other keys of evaluate() where lower is better (marked so in tables)
+    # Config fields that name module paths ({field: "student" or "teacher"}; a path or a list of
+    # them): every path is checked against that model before any training, and a wrong one is a
+    # one-line error naming the option, the model and the valid paths.
+    layer_options = {}
     # True: training batches are (images, labels, indices), indices (int64, on the device) the
     # samples' positions in the training split, 0 .. ctx.data.info["train_size"] - 1, the same
     # sample at every epoch (a memory bank's or a per-sample cache's key). The batches themselves

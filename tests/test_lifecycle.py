@@ -349,3 +349,21 @@ def test_teardown_runs_after_a_failed_init(tmp_path):
     with pytest.raises(RuntimeError, match="bad layer") as info:
         build_method(FailsInInit, FailsInInit.Config(), fake_context(tmp_path, registry))
     assert info.value.__notes__ == ["teardown() after the failed build raised too: ValueError: teardown too"]
+
+
+def test_layer_options_are_checked_before_any_training(tmp_path, cli):
+    """A method's layer_options (here the README's hint plugin) are checked against the teacher
+    and the student before anything trains: a one-line error naming the option, the model and
+    the valid paths; no teacher trained, no run folder written."""
+    from conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    code = readme.split("```python\n# hintplugin/plugin.py\n", 1)[1].split("```", 1)[0]
+    folder = write_plugin(tmp_path / "hintplugin", code, HINT_TOML)
+    code, _, err = cli("run", str(folder), "--seeds", "0", "--set", "method.teacher_layer=99")
+    assert code == 2 and err.count("\n") == 1
+    assert ("method.teacher_layer of 'hint' names '99', not a module path of the teacher 'small-cnn'; valid: 0, 1, 2, 3, "
+            in err) and "list teachers --layers small-cnn --dataset synthetic" in err
+    code, _, err = cli("run", str(folder), "--seeds", "0", "--set", "method.student_layer=7", "--dry-run")
+    assert code == 2 and "method.student_layer of 'hint' names '7', not a module path of the student 'mlp'; valid: 0, 1, 2, 3 (" in err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()

@@ -91,6 +91,7 @@ class PKT(FeatureMethod):
     the teacher's and the student's cosine-kernel conditional probabilities over the batch."""
 
     Config = PKTConfig
+    layer_options = {"student_embedding": "student", "teacher_embedding": "teacher"}
 
     def __init__(self, config, ctx):
         super().__init__(config, ctx, [config.student_embedding], [config.teacher_embedding])
@@ -117,6 +118,7 @@ class SP(FeatureMethod):
     G the row-normalised batch similarity of the last stage's activations."""
 
     Config = SPConfig
+    layer_options = {"student_map": "student", "teacher_map": "teacher"}
 
     def __init__(self, config, ctx):
         super().__init__(config, ctx, [config.student_map], [config.teacher_map])
@@ -167,6 +169,7 @@ class VID(FeatureMethod):
     student's map (the larger map average-pooled to the smaller's size first)."""
 
     Config = VIDConfig
+    layer_options = {"student_layers": "student", "teacher_layers": "teacher"}
 
     def __init__(self, config, ctx):
         super().__init__(config, ctx, config.student_layers, config.teacher_layers)
@@ -200,6 +203,7 @@ class NST(FeatureMethod):
     of the squared MMD (polynomial kernel, d = 2, c = 0) between the channels' normalised maps."""
 
     Config = NSTConfig
+    layer_options = {"student_layers": "student", "teacher_layers": "teacher"}
 
     def __init__(self, config, ctx):
         super().__init__(config, ctx, config.student_layers, config.teacher_layers)
@@ -242,6 +246,7 @@ class OFD(FeatureMethod):
     teacher (eval mode) over the training split in order, unaugmented, before training."""
 
     Config = OFDConfig
+    layer_options = {"student_preact_layers": "student", "teacher_preact_layers": "teacher"}
 
     def __init__(self, config, ctx):
         super().__init__(config, ctx, config.student_preact_layers, config.teacher_preact_layers)
@@ -351,6 +356,7 @@ class ReviewKD(FeatureMethod):
     pooled_feat. Warm-up counted in epochs from 1, as mdistiller (the authors' code from 0)."""
 
     Config = ReviewKDConfig
+    layer_options = {"student_layers": "student", "teacher_preact_layers": "teacher"}
 
     def __init__(self, config, ctx):
         super().__init__(config, ctx, config.student_layers, config.teacher_preact_layers)
@@ -439,6 +445,7 @@ class CRD(FeatureMethod):
     checkpointed. The heads are trained with the student; the memory banks are buffers."""
 
     Config = CRDConfig
+    layer_options = {"student_embedding": "student", "teacher_embedding": "teacher"}
     wants_indices = True
 
     def __init__(self, config, ctx):

@@ -55,6 +55,7 @@ class FitNet(Method):
     RepDistiller (-a 0 -b 100) and mdistiller."""
 
     Config = FitNetConfig
+    layer_options = {"guided_layer": "student", "hint_layer": "teacher"}
 
     def __init__(self, config, ctx):
         super().__init__(config, ctx)
@@ -101,6 +102,7 @@ class AttentionTransfer(Method):
     loss = CE + beta / 2 * sum_j mean((at(s_j) - at(t_j))^2), at(x) = normalize(mean_c x^2)."""
 
     Config = ATConfig
+    layer_options = {"student_layers": "student", "teacher_layers": "teacher"}
 
     def __init__(self, config, ctx):
         super().__init__(config, ctx)
@@ -189,6 +191,7 @@ class RKD(Method):
     embeddings of the batch: loss = CE + 25 * RKD-D + 50 * RKD-A (their dimensions may differ)."""
 
     Config = RKDConfig
+    layer_options = {"student_embedding": "student", "teacher_embedding": "teacher"}
 
     def __init__(self, config, ctx):
         super().__init__(config, ctx)
