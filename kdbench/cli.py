@@ -269,6 +269,11 @@ def list_layers(registry, kind, name, dataset):
     shapes = output_shapes(model, images)
     modules = dict(model.named_modules())
     print(f"{name} on {dataset} (input {'x'.join(map(str, images.shape[1:]))}): module path, type, output shape without the batch dim")
+    feature_paths = getattr(model, "feature_paths", {})  # the zoo's CIFAR nets name their stages' outputs
+    if feature_paths:
+        print("  feature paths (model.feature_paths: each stage's output, the same before its ReLU, the pooled feature):")
+    for kind, paths in feature_paths.items():
+        print(f"    {kind}: {paths if isinstance(paths, str) else ', '.join(paths)}")
     for path, shape in shapes.items():
         shown = "x".join(map(str, shape)) if isinstance(shape, torch.Size) else shape or "not run"
         print(f"  {path:<32} {type(modules[path]).__name__:<20} {shown}")

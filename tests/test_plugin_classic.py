@@ -42,8 +42,10 @@ def test_fitnet_regressor_maps_the_guided_layer_onto_the_hint():
     assert same[0].kernel_size == (1, 1) and same(torch.randn(2, 16, 7, 7)).shape == (2, 32, 7, 7)
     larger = ConvRegressor(torch.Size([8, 14, 14]), torch.Size([32, 7, 7]))  # Romero's kernel N_g - N_h + 1
     assert larger[0].kernel_size == (8, 8) and larger(torch.randn(2, 8, 14, 14)).shape == (2, 32, 7, 7)
+    half = ConvRegressor(torch.Size([8, 7, 7]), torch.Size([32, 14, 14]))  # the benchmark versions' transposed conv
+    assert isinstance(half[0], torch.nn.ConvTranspose2d) and half(torch.randn(2, 8, 7, 7)).shape == (2, 32, 14, 14)
     with pytest.raises(ConfigError, match="smaller than the hint"):
-        ConvRegressor(torch.Size([16, 7, 7]), torch.Size([32, 14, 14]))
+        ConvRegressor(torch.Size([16, 5, 5]), torch.Size([32, 14, 14]))
 
 
 # --- Attention transfer ---------------------------------------------------------------------------
@@ -77,8 +79,12 @@ def test_attention_map_shape_and_invariances():
     assert torch.allclose(at.norm(dim=1), torch.ones(4))
     assert torch.allclose(losses.attention_map(3.0 * x), at, atol=1e-6)  # scale-free: normalised
     assert losses.attention_loss([x], [x.flip(1)], 1000.0).item() == pytest.approx(0.0, abs=1e-9)  # channel order is irrelevant
-    with pytest.raises(ValueError, match="spatial"):
-        losses.attention_loss([torch.randn(2, 3, 7, 7)], [torch.randn(2, 3, 14, 14)], 1000.0)
+    small, large = torch.randn(2, 3, 7, 7), torch.randn(2, 5, 14, 14)  # the larger map pooled to the smaller's size
+    pooled = torch.nn.functional.adaptive_avg_pool2d(large, (7, 7))
+    assert torch.equal(losses.attention_loss([small], [large], 1000.0), losses.attention_loss([small], [pooled], 1000.0))
+    assert torch.equal(losses.attention_loss([large], [small], 1000.0), losses.attention_loss([pooled], [small], 1000.0))
+    with pytest.raises(ValueError, match="neither fits"):
+        losses.attention_loss([torch.randn(2, 3, 7, 14)], [torch.randn(2, 3, 14, 7)], 1000.0)
     with pytest.raises(ValueError, match="same number"):
         losses.attention_loss([x, x], [x], 1000.0)
 

@@ -1,4 +1,5 @@
 import inspect
+import re
 
 import pytest
 import torch
@@ -53,6 +54,18 @@ def test_options_have_typed_defaults(name):
         ("small-cnn", (1, 28, 10), {}, 207_274),  # the spec's shared Fashion-MNIST teacher
         ("tiny-cnn", (1, 28, 10), {}, 9_274),  # the AKD prototype's student
         ("mlp", (1, 28, 10), {}, 101_770),  # 784 -> 128 -> 10
+        # the CIFAR-100 pairs: the counts of mdistiller's (a08d46f, mdistiller/models/cifar) and RepDistiller's
+        # (b84f547, models/) definitions, instantiated at num_classes=100 (both give the same numbers)
+        ("resnet8x4", (3, 32, 100), {}, 1_233_540),
+        ("resnet32x4", (3, 32, 100), {}, 7_433_860),
+        ("resnet20", (3, 32, 100), {}, 278_324),
+        ("resnet56", (3, 32, 100), {}, 861_620),
+        ("wrn-40-1", (3, 32, 100), {}, 569_780),
+        ("wrn-40-2", (3, 32, 100), {}, 2_255_156),
+        ("vgg8-cifar", (3, 32, 100), {}, 3_965_028),
+        ("vgg13-cifar", (3, 32, 100), {}, 9_462_180),
+        ("shufflenetv2", (3, 32, 100), {}, 1_355_528),  # ShuffleV2
+        ("mobilenetv2", (3, 32, 100), {}, 812_836),  # mobile_half
     ],
 )
 def test_parameter_counts(name, shape, options, expected):
@@ -66,3 +79,57 @@ def test_mlp_depth():
     model = build("mlp", 10, 1, 28, hidden=64, depth=2)
     assert count(model) == 784 * 64 + 64 + 64 * 64 + 64 + 64 * 10 + 10
     assert count(build("mlp", 10, 1, 28, depth=0)) == 7850
+
+
+# The CIFAR pairs' feature paths at 3x32x32: the references' feats[1:] shapes (C, H, W), then the
+# pooled feature's size. The pre-ReLU paths (preact_feats[1:]) have the stages' shapes.
+STAGES = {
+    "resnet8x4": ([(64, 32, 32), (128, 16, 16), (256, 8, 8)], 256),
+    "resnet32x4": ([(64, 32, 32), (128, 16, 16), (256, 8, 8)], 256),
+    "resnet20": ([(16, 32, 32), (32, 16, 16), (64, 8, 8)], 64),
+    "resnet56": ([(16, 32, 32), (32, 16, 16), (64, 8, 8)], 64),
+    "wrn-40-1": ([(16, 32, 32), (32, 16, 16), (64, 8, 8)], 64),
+    "wrn-40-2": ([(32, 32, 32), (64, 16, 16), (128, 8, 8)], 128),
+    "vgg8-cifar": ([(128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 4, 4)], 512),
+    "vgg13-cifar": ([(128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 4, 4)], 512),
+    "shufflenetv2": ([(116, 16, 16), (232, 8, 8), (464, 4, 4)], 1024),
+    "mobilenetv2": ([(12, 16, 16), (16, 8, 8), (48, 4, 4), (160, 2, 2)], 1280),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_cifar_feature_paths(name):
+    from kdbench.features import FeatureTap
+
+    torch.manual_seed(0)
+    model = build(name, 100, 3, 32)
+    paths = model.feature_paths
+    stages, pooled = STAGES[name]
+    tap = FeatureTap(model, paths["stages"] + paths["preact"] + [paths["pooled"]])
+    model(torch.randn(2, 3, 32, 32))
+    assert [tuple(tap[p].shape[1:]) for p in paths["stages"]] == stages
+    assert [tuple(tap[p].shape[1:]) for p in paths["preact"]] == stages
+    assert tuple(tap[paths["pooled"]].shape[1:]) == (pooled,)
+    for stage, preact in zip(paths["stages"], paths["preact"]):
+        pre, out = tap[preact], tap[stage]
+        if name.startswith(("resnet", "vgg")):  # the stage's output is the ReLU of its pre-ReLU map, kept intact
+            assert (pre < 0).any() and torch.equal(torch.relu(pre), out)
+        elif name == "shufflenetv2":  # ... and then channel-shuffled
+            n, c, h, w = pre.shape
+            assert (pre < 0).any() and torch.equal(torch.relu(pre).reshape(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w), out)
+        elif name == "mobilenetv2":  # linear bottlenecks: no ReLU at a stage's end
+            assert pre is out
+        else:  # WRN (pre-activation): the BN that the next ReLU follows, taken on the stage's output
+            assert (pre < 0).any() and (out < 0).any()
+
+
+def test_list_layers_shows_the_feature_paths(monkeypatch, tmp_path, cli):
+    import datasets_on_disk as disk
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # data.root's default, ~/.cache/kdbench/data
+    disk.install_cifar(monkeypatch, tmp_path / ".cache" / "kdbench" / "data", "cifar100", n_train=8, n_test=4)
+    code, out, _ = cli("list", "students", "--layers", "resnet8x4", "--dataset", "cifar100")
+    assert code == 0 and "input 3x32x32" in out
+    assert "stages: layer1, layer2, layer3" in out and "preact: layer1.0.preact, layer2.0.preact, layer3.0.preact" in out
+    assert "pooled: flatten" in out
+    assert re.search(r"^ +layer2\.0\.preact +Identity +128x16x16$", out, re.M)

@@ -23,13 +23,17 @@ def attention_map(features):
 
 def attention_loss(student_features, teacher_features, beta):
     """beta / 2 * sum over layer pairs of ||at(s) - at(t)||_2^2, each averaged over the batch and
-    the H*W positions as the reference code (attention-transfer/utils.py, at_loss) does."""
+    the H*W positions as the reference code (attention-transfer/utils.py, at_loss) does. Maps of
+    different sizes: the larger is average-pooled to the smaller first (RepDistiller, mdistiller)."""
+    from .feature_losses import match_spatial  # here: feature_losses imports this module
+
     if len(student_features) != len(teacher_features) or not student_features:
         raise ValueError("attention transfer needs the same number (>= 1) of student and teacher layers")
     total = 0.0
     for s, t in zip(student_features, teacher_features):
-        if s.shape[0] != t.shape[0] or s.shape[2:] != t.shape[2:]:
-            raise ValueError(f"attention maps need equal batch and spatial sizes: {tuple(s.shape)} vs {tuple(t.shape)}")
+        if s.shape[0] != t.shape[0]:
+            raise ValueError(f"attention maps need the same batch: {tuple(s.shape)} vs {tuple(t.shape)}")
+        s, t = match_spatial(s, t)
         total = total + (attention_map(s) - attention_map(t)).pow(2).mean()
     return beta / 2 * total
 

@@ -38,14 +38,22 @@ class FitNetConfig:
 
 class ConvRegressor(nn.Sequential):
     """FitNets' convolutional regressor: a conv whose kernel (1 + H_s - H_t) maps the guided
-    layer's map onto the hint's size (1x1 when they match), then BN and ReLU as in the benchmark
-    versions (mdistiller/RepDistiller ConvReg)."""
+    layer's map onto the hint's size (1x1 when they match), or, where the guided map is half the
+    hint's size (a student that downsamples earlier: ShuffleNetV2 under a ResNet), the benchmark
+    versions' 4x4 stride-2 transposed conv; then BN and ReLU as in those versions (mdistiller /
+    RepDistiller ConvReg; they also take a 3x3 stride-2 conv from twice the size, where this keeps
+    the paper's kernel rule)."""
 
     def __init__(self, student_shape, teacher_shape):
         (cs, hs, ws), (ct, ht, wt) = student_shape, teacher_shape
-        if hs < ht or ws < wt:
-            raise ConfigError(f"FitNets: the guided layer's map {hs}x{ws} is smaller than the hint's {ht}x{wt}; pick an earlier student layer")
-        super().__init__(nn.Conv2d(cs, ct, (1 + hs - ht, 1 + ws - wt)), nn.BatchNorm2d(ct), nn.ReLU())
+        if (2 * hs, 2 * ws) == (ht, wt):
+            conv = nn.ConvTranspose2d(cs, ct, 4, 2, 1)
+        elif hs >= ht and ws >= wt:
+            conv = nn.Conv2d(cs, ct, (1 + hs - ht, 1 + ws - wt))
+        else:
+            raise ConfigError(f"FitNets: the guided layer's map {hs}x{ws} is smaller than the hint's {ht}x{wt} (and not half "
+                              "its size); pick an earlier student layer")
+        super().__init__(conv, nn.BatchNorm2d(ct), nn.ReLU())
 
 
 class FitNet(Method):
@@ -99,20 +107,15 @@ class ATConfig:
 
 class AttentionTransfer(Method):
     """Activation-based attention transfer (Zagoruyko and Komodakis 2017):
-    loss = CE + beta / 2 * sum_j mean((at(s_j) - at(t_j))^2), at(x) = normalize(mean_c x^2)."""
+    loss = CE + beta / 2 * sum_j mean((at(s_j) - at(t_j))^2), at(x) = normalize(mean_c x^2); a
+    larger map is average-pooled to the smaller's size first (RepDistiller, mdistiller)."""
 
     Config = ATConfig
     layer_options = {"student_layers": "student", "teacher_layers": "teacher"}
 
     def __init__(self, config, ctx):
         super().__init__(config, ctx)
-        s_shapes = ctx.feature_shapes(ctx.student, config.student_layers)
-        t_shapes = ctx.feature_shapes(ctx.teacher, config.teacher_layers)
-        for s_path, t_path in zip(config.student_layers, config.teacher_layers):
-            s, t = s_shapes[s_path], t_shapes[t_path]
-            if len(s) != 3 or len(t) != 3 or s[1:] != t[1:]:
-                raise ConfigError(f"attention transfer pairs maps of equal size: student {s_path!r} is {tuple(s)}, "
-                                  f"teacher {t_path!r} is {tuple(t)}")
+        feature_methods.map_shapes(ctx, "attention transfer", config.student_layers, config.teacher_layers)
         self.student_tap = ctx.features(ctx.student, config.student_layers)
         self.teacher_tap = ctx.features(ctx.teacher, config.teacher_layers)
 
