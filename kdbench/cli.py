@@ -156,12 +156,13 @@ def drive(args, folder, cells, seeds, profile, options, teacher_path):
     executor.check_shared(shared)
     print(f"kdbench: {cells[0].experiment} ({profile or 'no'} profile): {len(cells)} cell(s) x {len(seeds)} seed(s) -> {args.out}")
     records, all_ok = runner.run_grid(cells, seeds, options, executor)
-    print("\n" + leaderboard.render(Results(records), "md"))  # this command's grid
+    baseline = cells[0].baseline  # each gain against the experiment's baseline as its file names it now
+    print("\n" + leaderboard.render(Results(records, baseline), "md"))  # this command's grid
     # the saved leaderboard is the whole experiment's: every record under --out, from this and
-    # earlier commands, each gain against the experiment's current baseline; one summary, two formats
+    # earlier commands; one summary, two formats
     target = Path(args.out) / cells[0].experiment
-    everything = [r | {"baseline": cells[0].baseline} for r in store.iter_records([target])]
-    saved = Results(everything)
+    everything = list(store.iter_records([target]))
+    saved = Results(everything, baseline)
     for suffix in ("md", "csv"):  # atomic: another process on this --out may save it at the same time
         store.write_bytes(target / f"leaderboard.{suffix}", leaderboard.render(saved, suffix).encode())
     print(f"kdbench: leaderboard of all {len(everything)} record(s) of {cells[0].experiment} saved to {target}/leaderboard.md and .csv")

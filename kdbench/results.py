@@ -147,7 +147,11 @@ class Results:
     """The per-seed frame of ``records`` with its baseline pairing, and the summaries built from it
     (see the module's docstring)."""
 
-    def __init__(self, records):
+    def __init__(self, records, baseline=None):
+        """``baseline``: the baseline arm as the experiment file names it now, for every record
+        (default: the one each record was made with)."""
+        if baseline is not None:
+            records = [r | {"baseline": baseline} for r in records]
         ok = [r for r in records if is_usable(r)]
         self.directions = {}  # metric -> "max" | "min", for the arrows
         for record in ok:

@@ -164,7 +164,7 @@ def finished_record(job, log=print):
         return None
     if job.identity is not None and stale_reason(record.get("identity"), job.identity):
         return None  # not this run any more: it is done again
-    return record | {"baseline": job.cell.baseline}  # as the file says now
+    return record
 
 
 def plan(cells, seeds, options, executor, log):
@@ -197,7 +197,7 @@ def plan(cells, seeds, options, executor, log):
                 record = {k: v for k, v in record.items() if k != "stale"} | ({"stale": reason} if reason else {})
                 store.write_record(job.folder, record)
             kept += bool(reason)
-            records.append(record | {"baseline": cell.baseline})  # as the file says now
+            records.append(record)
     if records:
         log(f"kdbench: {len(records)} finished run(s) reused from {options.out} (--force redoes them)"
             + (f"; {kept} of them stale, kept by --keep-stale and marked" if kept else ""))

@@ -225,6 +225,20 @@ def test_saved_leaderboard_covers_every_record_of_the_experiment(plugin_dir, cli
     assert table.loc["size=small", "seeds"] == 2 and table.loc["size=big", "seeds"] == 2
 
 
+def test_gains_follow_the_baseline_the_experiment_names_now(plugin_dir, cli, tmp_path):
+    args = ["--seeds", "0", "--set", "train.epochs=1", "--set", "teacher.train.epochs=1"]
+    code, out, _ = cli("run", str(plugin_dir), *args)
+    assert code == 0 and "gain vs scratch (best)" in out
+    toml = plugin_dir / "kdbench.toml"
+    toml.write_text(toml.read_text().replace('profile = "quick"', 'profile = "quick"\nbaseline = "soft-kd"'))
+    code, out, _ = cli("run", str(plugin_dir), *args)  # nothing reruns: the baseline is no part of a run
+    assert code == 0 and "2 finished run(s) reused" in out and "gain vs soft-kd (best)" in out and "gain vs scratch" not in out
+    assert "gain vs soft-kd (best)" in (tmp_path / "runs" / "softkd" / "leaderboard.md").read_text()
+    table = Results(three_seed_records(), baseline="kd").table
+    assert table[table["method"] == "scratch"]["gain_mean"].iloc[0] < 0  # against kd T=4, the first kd cell
+    assert (table[table["method"] == "kd"]["gain_n"] == 0).all()
+
+
 def test_a_record_found_twice_counts_once():
     records = three_seed_records()
     twice = records + [dict(records[0])]  # the same (cell, seed) in two folders
