@@ -62,6 +62,7 @@ def display_frame(table):
         row[f"gain vs {r['baseline']} (best)"] = fmt_gain(r.get("gain_mean"), r.get("gain_ci_low"), r.get("gain_ci_high"), r.get("gain_significant"))
         row["params"] = f"{int(r['params']):,}"
         row["ratio"] = fmt(r.get("param_ratio"), None, 3)
+        row["method params"] = "" if missing(r.get("method_params")) or not r["method_params"] else f"{int(r['method_params']):,}"
         row["throughput/s"] = fmt(r.get("throughput_mean"), None, 0)
         row["measured on"] = r.get("speed_at") or ""
         row["train s"] = fmt(r.get("train_time_s_mean"), None, 0)

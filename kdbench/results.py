@@ -74,6 +74,8 @@ def flatten(record):
         "teacher_top1": (teacher.get("metrics") or {}).get("top1"),
         "params": record["student"]["params"],
         "param_ratio": record.get("param_ratio"),
+        # the method's own modules (regressors, heads, memory banks), trained or kept beside the student
+        "method_params": sum(record["method_params"].values()) if isinstance(record.get("method_params"), dict) else None,
         "throughput": speed.get("throughput"),
         "latency_ms": speed.get("latency_ms"),
         "speed_at": speed_at(speed),
@@ -233,7 +235,7 @@ class Results:
             runs = self.runs
             metric_cols = [c for c in runs.columns if c.endswith(("_best", "_last")) and c != "best_epoch"]
             grouped = runs.groupby(KEYS, sort=False)
-            table = grouped.first()[["method", "baseline", "setting", "student", "pair_key", "metric", "direction", "params", "param_ratio", "speed_at"]].copy()
+            table = grouped.first()[["method", "baseline", "setting", "student", "pair_key", "metric", "direction", "params", "param_ratio", "method_params", "speed_at"]].copy()
             table["status"] = "ok"
             table["seeds"] = grouped["seed"].nunique()
             table["teacher_top1"] = grouped["teacher_top1"].first()

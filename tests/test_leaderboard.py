@@ -275,3 +275,18 @@ def test_runs_of_different_code_are_never_paired_or_averaged_unmarked():
     assert "| kd T=4 ‡ |" in block and "| scratch |" in block
     with_identity(records, "k2", method="kd")  # every run on the new code: unmarked again
     assert "‡" not in leaderboard.render(records, "md")
+
+
+def test_method_params_column():
+    """A method's own parameters (record["method_params"]: regressors, heads, memory banks) are a
+    column beside the student's; a table whose methods have none shows no such column."""
+    records = [record("scratch", s, 80.0) | {"method_params": {}} for s in (0, 1)]
+    assert "method params" not in leaderboard.render(records, "md")
+    records += [record("fitnet", s, 84.0) | {"method_params": {"regressor": 117_000, "head": 2_345}} for s in (0, 1)]
+    table = Results(records).sorted()
+    assert table.set_index("method")["method_params"].to_dict() | {"teacher": 0} == {"teacher": 0, "fitnet": 119_345, "scratch": 0}
+    text = leaderboard.render(records, "md")
+    header = [c.strip() for c in text.splitlines()[0].split("|")]
+    fitnet = [c.strip() for c in next(line for line in text.splitlines() if "| fitnet" in line).split("|")]
+    assert fitnet[header.index("method params")] == "119,345" and fitnet[header.index("params")] == "1,000"
+    assert pd.read_csv(io.StringIO(leaderboard.render(records, "csv"))).set_index("method")["method_params"]["fitnet"] == 119_345
