@@ -11,6 +11,8 @@ record under its run folder's lock, and a remote one's record is written again b
 """
 import collections
 import os
+import signal
+import sys
 from pathlib import Path
 
 from kdbench.errors import ConfigError
@@ -96,27 +98,55 @@ class ProcessExecutor:
                         raise RuntimeError(f"a worker process failed: {result}")
                     idle.append((process, conn))
                     yield job, result
-        finally:  # normally the idle workers are told to stop; on Ctrl-C or an error all are ended
+        finally:  # the idle workers are told to stop; on Ctrl-C or an error the busy ones are ended
             for process, conn in idle:
                 conn.close()  # the worker's recv() sees EOF and it exits
+            for process, _ in busy.values():
+                process.terminate()  # its run's checkpoint stays for the rerun to resume
             for process, conn in list(busy.values()) + idle:
                 process.join(timeout=5)
                 if process.is_alive():
-                    process.terminate()
+                    process.kill()
                     process.join()
 
     def start(self, context, fn):
         parent, child = context.Pipe()
-        process = context.Process(target=worker_loop, args=(child, fn, self.threads), daemon=True)
+        process = context.Process(target=worker_loop, args=(child, fn, self.threads, os.getpid()), daemon=True)
         process.start()
         child.close()  # only the worker holds its end now: its death shows as EOF here
         return process, parent
 
 
-def worker_loop(conn, fn, threads):
+DRIVER = None  # in a worker process: the pid of the driver it works for
+
+
+def die_with(driver):
+    """End this worker when its driver dies, however it dies (kill -9, SIGTERM from a scheduler):
+    on Linux the kernel kills it with the driver (PR_SET_PDEATHSIG); everywhere ``driver_gone``
+    tells before anything is written. A driver already gone by now ends it at once."""
+    global DRIVER
+    DRIVER = driver
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if driver_gone():
+        os._exit(1)
+
+
+def driver_gone():
+    """In a worker: whether its driver has died (the worker was then handed to another parent)."""
+    return DRIVER is not None and os.getppid() != DRIVER
+
+
+def worker_loop(conn, fn, threads, driver):
     """A spawned worker: ``threads`` intra-op threads and no per-run progress bars (the driver
     shows the grid's progress; several bars would fight over one terminal line); runs the jobs it
-    is sent until the driver closes the pipe."""
+    is sent until the driver closes the pipe. It dies with the driver, and ignores Ctrl-C: the
+    terminal sends it to the driver too, which ends its workers quietly and says how to resume."""
+    die_with(driver)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["KDBENCH_QUIET"] = "1"
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import traceback
@@ -127,7 +157,7 @@ def worker_loop(conn, fn, threads):
     while True:
         try:
             job = conn.recv()
-        except (EOFError, KeyboardInterrupt):
+        except EOFError:
             return
         try:
             conn.send(("ok", fn(job)))
@@ -143,14 +173,18 @@ class RayExecutor:
     lost with its worker or node is retried (``retries`` times), then handed back as WorkerLost."""
 
     def __init__(self, address="", cpus=1.0, gpus=0.0, device="auto", retries=3):
-        try:
-            import ray
-        except ImportError:
-            raise ConfigError("--executor ray needs Ray: pip install -e '.[ray]' (or pip install ray)") from None
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise ConfigError("--executor ray needs Ray: pip install -e '.[ray]' (or pip install ray)")
         if cpus <= 0 or gpus < 0:
             raise ConfigError(f"--cpus-per-cell {cpus:g} / --gpus-per-cell {gpus:g}: give cpus > 0 and gpus >= 0")
         if device == "cuda" and not gpus:
             raise ConfigError("--device cuda with --executor ray needs --gpus-per-cell > 0 (Ray hides the GPUs from tasks that ask for none)")
+        if "ray" not in sys.modules:  # no cluster joined yet: a dead address fails here, Ray retries it for minutes
+            check_reachable(address)
+        import ray
+
         self.ray, self.cpus, self.gpus, self.retries = ray, cpus, gpus, retries
         if not ray.is_initialized():
             try:
@@ -232,6 +266,21 @@ class RayExecutor:
         finally:  # on Ctrl-C or an error: cancel what has not finished; finished records stay
             for ref in pending:
                 ray.cancel(ref, force=True)
+
+
+def check_reachable(address, timeout=5):
+    """A HOST:PORT Ray address (also ray://HOST:PORT) must answer: Ray itself retries a dead one
+    for minutes. ``auto`` and other forms are left to Ray."""
+    import socket
+
+    host, colon, port = address.split("://", 1)[-1].rpartition(":")
+    if not colon or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConfigError(f"--ray-address {address}: no Ray cluster answers there ({exc.strerror or type(exc).__name__}); "
+                          "start one with `ray start --head` and give the address it prints") from None
 
 
 def shipped(job):

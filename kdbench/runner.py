@@ -17,7 +17,7 @@ from pathlib import Path
 
 from kdbench import distributed, store
 from kdbench.errors import CheckpointError, KDBenchError
-from kdbench.executors import WorkerLost
+from kdbench.executors import WorkerLost, driver_gone
 
 
 @dataclasses.dataclass
@@ -361,6 +361,8 @@ def run_job(job):
         if finished is not None:  # another process finished it since the driver looked
             return finished
         record = train_job(job)
+        if driver_gone():  # a worker whose driver died writes nothing more
+            os._exit(1)
         store.write_record(job.folder, record)
         return record
 

@@ -3,6 +3,8 @@ sequential executor; a worker that dies costs only its job (tried once more)."""
 import json
 from pathlib import Path
 
+import pytest
+
 from conftest import THIRD_PARTY_PLUGIN, THIRD_PARTY_TOML, write_plugin
 
 # threads pinned: a run's float sums depend on its thread count, and so does its identity
@@ -89,3 +91,106 @@ def test_default_workers_only_where_no_result_can_change(monkeypatch):
     assert default_workers(cells(2, 1), "cpu") == 2
     assert default_workers(cells(1, 0), "cpu") == 1  # a cell on torch's default threads
     assert default_workers(cells(8), "cpu") == 1
+
+
+# a method that holds every worker at a known point: its first step says so (a file named by its
+# pid) and waits until the test lets it go (another file)
+HOLDING = THIRD_PARTY_PLUGIN + '''
+
+from kdbench.method import Scratch
+
+
+class Holding(Scratch):
+    def train_step(self, batch):
+        import os, time
+        from pathlib import Path
+
+        folder = Path(os.environ["HOLD_DIR"])
+        (folder / f"held-{os.getpid()}").touch()
+        while not (folder / "release").exists():
+            time.sleep(0.05)
+        return super().train_step(batch)
+
+
+@kdbench.hookimpl(specname="kdbench_register_methods")
+def register_holding(register):
+    register("holding", Holding)
+'''
+
+
+def start_held_grid(tmp_path):
+    """A driver of `run --workers 2` (in its own process group, as a terminal's job) whose two
+    workers are both held in their first step; returns (driver, worker pids)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    folder = write_plugin(tmp_path / "softkd", plugin=HOLDING, toml=THIRD_PARTY_TOML.replace('"soft-kd"]', '"soft-kd", "holding"]'))
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(REPO), KDBENCH_QUIET="1", HOLD_DIR=str(hold))
+    env.pop("KDBENCH_WORKERS")
+    command = [sys.executable, "-m", "kdbench", "run", str(folder), "--grid", "method=holding", "--seeds", "0,1", "--set", "train.epochs=1",
+               "--workers", "2", "--out", str(tmp_path / "runs"), "--cache", str(tmp_path / "cache")]
+    # output to files: an orphan worker would hold a pipe open after its driver ends
+    with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:
+        driver = subprocess.Popen(command, env=env, stdout=out, stderr=err, start_new_session=True)
+    while len(held := list(hold.glob("held-*"))) < 2:  # both workers at the known point
+        assert driver.poll() is None, (tmp_path / "err.txt").read_text()
+        time.sleep(0.1)
+    return driver, [int(path.name.split("-")[1]) for path in held]
+
+
+def wait_gone(pid):
+    """Until process ``pid`` has ended (a zombie counts as ended)."""
+    import time
+
+    while True:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return
+        if state in ("Z", "X"):
+            return
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc")
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
+def test_workers_die_with_their_driver_and_write_nothing(tmp_path, signal_name):
+    import signal
+
+    driver, workers = start_held_grid(tmp_path)
+    before = files(tmp_path / "runs")
+    driver.send_signal(getattr(signal, signal_name))
+    driver.wait()
+    (tmp_path / "hold" / "release").touch()  # an orphan would now finish its run and record it
+    for pid in workers:
+        wait_gone(pid)
+    assert files(tmp_path / "runs") == before
+    assert not list((tmp_path / "runs").rglob("record.json"))
+
+
+def files(folder):
+    """path -> (size, modification time) of every file under ``folder``."""
+    return {path: (path.stat().st_size, path.stat().st_mtime_ns) for path in Path(folder).rglob("*") if path.is_file()}
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_workers_prints_one_clean_line(tmp_path):
+    import os
+    import signal
+
+    driver, workers = start_held_grid(tmp_path)
+    os.killpg(driver.pid, signal.SIGINT)  # as a terminal sends Ctrl-C: to the driver and its workers
+    driver.wait()
+    for pid in workers:  # their output too is in err.txt
+        wait_gone(pid)
+    (tmp_path / "hold" / "release").touch()
+    err = (tmp_path / "err.txt").read_text()
+    assert driver.returncode == 130 and "Rerun the same command to resume" in err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err

@@ -93,3 +93,22 @@ def test_workers_must_see_the_cache(cluster, tmp_path):
         executor.check_shared({"plugin folder": tmp_path / "absent" / "plugin.py"})
     with pytest.raises(ConfigError, match="--cpus-per-cell 64"):
         RayExecutor(cpus=64)
+
+
+def test_unreachable_address_is_a_one_line_error_at_once(tmp_path):
+    """Nothing listens on port 1: a one-line error before any training, not minutes of Ray retries."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    folder = write_plugin(tmp_path / "softkd")
+    done = subprocess.run([sys.executable, "-m", "kdbench", "run", str(folder), "--executor", "ray", "--ray-address", "127.0.0.1:1",
+                           "--out", str(tmp_path / "runs"), "--cache", str(tmp_path / "cache")],
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "kdbench: error: --ray-address 127.0.0.1:1: no Ray cluster answers there (Connection refused); "
+        "start one with `ray start --head` and give the address it prints"]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()
