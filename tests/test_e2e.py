@@ -104,3 +104,18 @@ def test_unreadable_checkpoint_restarts_the_run(plugin_dir, cli, tmp_path):
     code, _, err = cli(*args)
     assert code == 0 and "is unreadable" in err and "afresh" in err
     assert json.loads(record.read_text())["status"] == "ok"
+
+
+def test_one_teacher_measurement_per_run_folder(plugin_dir, cli, tmp_path):
+    """Records made by two commands (or two workers) into one folder show the teacher's first
+    measured speed, so the printed and the saved leaderboard show one teacher throughput."""
+    args = ("run", str(plugin_dir), "--seeds", "0", "--set", "train.epochs=1", "--set", "teacher.train.epochs=1")
+    assert cli(*args, "--grid", "temperature=2")[0] == 0
+    code, printed, err = cli(*args, "--grid", "temperature=8")
+    assert code == 0, err
+    records = [json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("record.json")]
+    speeds = [r["teacher"]["speed"] for r in records if r["method"] == "soft-kd"]
+    assert len(speeds) == 2 and speeds[0] == speeds[1]
+    saved = (tmp_path / "runs" / "softkd" / "leaderboard.md").read_text()
+    [teacher_row] = [line for line in printed.splitlines() if "teacher" in [cell.strip() for cell in line.split("|")]]
+    assert teacher_row in saved.splitlines()
