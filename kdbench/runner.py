@@ -66,8 +66,12 @@ def run_grid(cells, seeds, options, executor=None, log=print):
     from kdbench.executors import LocalExecutor
 
     executor = executor or LocalExecutor()
+    from kdbench.teachers import default_cache_dir
+
     for experiment in {cell.experiment for cell in cells}:  # before any teacher trains: no write leaves --out
         store.check_inside(Path(options.out) / experiment, options.out)
+    cache = Path(options.cache).expanduser() if options.cache else default_cache_dir()
+    store.check_inside(cache, cache)  # nor the teacher cache
     jobs, records = plan(cells, seeds, options, executor, log)
     progress = GridProgress(len(jobs))
     log = progress.wrap(log)

@@ -395,3 +395,16 @@ def test_leaderboard_follows_links_inside_its_folder_and_refuses_the_others(tmp_
     (tmp_path / "empty").mkdir()
     code, out, err = run_cli(capsys, "leaderboard", tmp_path / "empty")  # no rows: it says why
     assert code == 0 and out == "(no runs)\n" and f"no readable record.json under {tmp_path / 'empty'}" in err
+
+
+def test_run_refuses_a_cached_teacher_linked_outside_the_cache(plugin_dir, tmp_path, cli):
+    args = ("run", str(plugin_dir), "--grid", "method=soft-kd", *TINY, "--set", "teacher.train.epochs=1")
+    assert cli(*args)[0] == 0
+    teacher = next((tmp_path / "cache" / "teachers").glob("*/meta.json")).parent
+    outside = tmp_path / "elsewhere"
+    teacher.rename(outside)
+    teacher.symlink_to(outside)
+    before = sorted((p.relative_to(outside), p.stat().st_mtime_ns) for p in outside.rglob("*"))
+    code, out, err = cli(*args, "--force")
+    assert code == 2 and err.count("\n") == 1 and f"{teacher} is a symbolic link to {outside}, outside" in err, err
+    assert sorted((p.relative_to(outside), p.stat().st_mtime_ns) for p in outside.rglob("*")) == before
