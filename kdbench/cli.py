@@ -111,21 +111,24 @@ def run_grid(args):
     registry = runner.registry_for((str(folder),), args.strict_plugins)
     cells, seeds, profile = experiment.expand(folder, registry, grid=args.grid, sets=sets, profile=args.profile, seeds=seeds, plugin_dirs=[folder])
     engine.resolve_device(args.device)
-    engine.check_data(registry, cells)
+    engine.check_datasets(registry, cells)
     features.check_layer_options(registry, cells)
     logger_names = tuple(dict.fromkeys(name for arg in args.loggers for name in arg.split(",") if name))
     loggers.check(logger_names, registry)
     options = runner.RunOptions(out=args.out, cache=args.cache, device=args.device, force=args.force,
                                 teacher_path=teacher_path, strict_plugins=args.strict_plugins, keep_stale=args.keep_stale,
                                 loggers=logger_names)
+    if distributed.launched() and (args.workers not in (None, 1) or args.executor != "local"):
+        raise ConfigError("--workers and --executor ray do not combine with --ddp (each cell already trains on several processes)")
+    workers = resolve_workers(args, cells)
+    # everything above is checked by --dry-run too; it also loads every teacher that is a file
+    # (--teacher PATH, shipped, downloaded) as the run would, so a bad one is the same error
     if args.dry_run:  # before any teacher download: a dry run writes nothing
         from kdbench import plan
 
         print(f"kdbench: {cells[0].experiment} ({profile or 'no'} profile): timing a few steps of each configuration ...")
-        print(plan.dry_run(cells, seeds, registry, options, resolve_workers(args, cells))[1])
+        print(plan.dry_run(cells, seeds, registry, options, workers)[1])
         return 0
-    if distributed.launched() and (args.workers not in (None, 1) or args.executor != "local"):
-        raise ConfigError("--workers and --executor ray do not combine with --ddp (each cell already trains on several processes)")
     if not distributed.is_main():  # DDP: rank 0 drives the grid; this rank trains its jobs with it
         runner.follow(options)
         return 0

@@ -5,11 +5,19 @@ validation and best-epoch tracking, periodic checkpoints and resuming an interru
 method's lifecycle:
 
     prepare -> [per epoch: phase "train" steps -> end_epoch -> phase "val" evaluate("val") -> best
-    snapshot of every module + method state if better -> checkpoint] -> finish() -> phase
-    "test-last" evaluate("test") -> the best snapshot loaded into every module (+ the method's
-    state) -> phase "test-best" evaluate("test") -> teardown (always, also when the cell fails)
+    snapshot of every module + method state if better -> checkpoint] -> [per post-hoc epoch: phase
+    "posthoc" steps -> checkpoint] -> finish() -> phase "test-last" evaluate("test") -> the best
+    snapshot loaded into every module (+ the method's state) -> phase "test-best"
+    evaluate("test") -> teardown (always, also when the cell fails)
+
+Its rules are functions here, and whatever else needs one (the dry-run planner, the teacher cache,
+the runner, the grid's checks) calls them: ``check_steps`` and ``steps_per_epoch``,
+``shuffle_generator`` and ``training_batches`` (the data stream), ``train_step`` (one step),
+``validates_after`` (the evaluation schedule), ``evaluate`` and ``TEST_PHASES`` (the phases),
+``prepare_and_train`` (prepare -> train, and again from the start on a bad checkpoint).
 """
 import contextlib
+import copy
 import functools
 import hashlib
 import io
@@ -33,6 +41,7 @@ CHECKSUM_HEADER = b"kdbench checkpoint sha256="  # first line of a checkpoint fi
 CHECKPOINT_FORMAT = 2  # 2: epoch counters and the best snapshot of every module; older ones restart
 DATA_SOURCE_KEYS = ("name", "root", "download", "split_seed")  # what the raw arrays depend on
 HISTORY = "history.jsonl"
+TEST_PHASES = ("test-last", "test-best")  # the test passes of a run: the last state, then the best snapshot
 
 
 def seed_everything(seed):
@@ -97,7 +106,9 @@ class Context:
         self.taps = []
         self.stream = None  # this epoch's training batches (ctx.next_batch)
         self.sample_indices = False  # training batches carry the samples' indices (Method.wants_indices)
+        self.steps_per_epoch = None  # train_step calls per epoch, set by the engine when training starts
         self.best = None  # the best-epoch snapshot (ctx.best_state)
+        self._best_models = {}  # name -> (the snapshot it came from, frozen copy): ctx.best_model
         self.student = self.add_module("student", student)
         self.teacher = teacher.model if teacher else None
         self.teacher_extras = teacher.extras if teacher else {}
@@ -141,12 +152,24 @@ class Context:
         self.taps = []
 
     def next_batch(self):
-        if self.stream is None or self.phase != "train":
-            raise RuntimeError("ctx.next_batch() draws training batches: call it from train_step only")
+        if self.stream is None or self.phase not in ("train", "posthoc"):
+            raise RuntimeError("ctx.next_batch() draws training batches: call it from train_step or posthoc_step only")
         return next(self.stream)
 
     def best_state(self):
         return self.best
+
+    def best_model(self, name="student"):
+        """A frozen, eval-mode copy of module ``name`` in its best-epoch state (e.g. the teacher
+        that a post-hoc step learns from); the same copy until the best snapshot changes."""
+        if self.best is None or name not in self.best:
+            raise RuntimeError(f"ctx.best_model({name!r}): no best-epoch snapshot of it yet (there is one after the first validation)")
+        cached = self._best_models.get(name)
+        if cached is None or cached[0] is not self.best:
+            model = copy.deepcopy(self.modules[name])
+            model.load_state_dict(self.best[name])
+            cached = self._best_models[name] = (self.best, freeze(model))
+        return cached[1]
 
     def optimizer(self, params, **overrides):
         cfg = dict(self.train) | overrides
@@ -257,7 +280,7 @@ def load_data(registry, data_cfg, device):
     return load_bundle(registry, json.dumps(data_cfg, sort_keys=True), device)
 
 
-def check_data(registry, cells):
+def check_datasets(registry, cells):
     """Load every dataset a grid uses once and check its split sizes, so that a missing dataset or
     a subset larger than the data stops the grid before any training."""
     from kdbench.config import DataConfig
@@ -339,6 +362,67 @@ def cpu_threads(n, device):
         torch.set_num_threads(before)
 
 
+def check_steps(method_cls, name, train_cfg):
+    """A data-free method (``uses_data`` False) has no data to count its steps by: it needs
+    train.steps_per_epoch. Checked when a grid is expanded and again when training starts."""
+    if not method_cls.uses_data and not train_cfg["steps_per_epoch"]:
+        raise ConfigError(f"method {name!r} is data-free: set train.steps_per_epoch to an integer >= 1 (it is 0: one pass over no data)")
+
+
+def steps_per_epoch(method, train_cfg, train_size):
+    """train_step calls per epoch: train.steps_per_epoch, else one pass over the training split."""
+    check_steps(type(method), type(method).__name__, train_cfg)
+    return train_cfg["steps_per_epoch"] or batches_per_pass(train_size, train_cfg["batch_size"])
+
+
+def batches_per_pass(train_size, batch_size):
+    """Batches in one pass over ``train_size`` samples (the last one partial): a post-hoc epoch."""
+    return math.ceil(train_size / batch_size)
+
+
+def validates_after(epoch, train_cfg):
+    """Whether the 0-based ``epoch`` ends with a validation pass (every eval_every, and the last)."""
+    return (epoch + 1) % train_cfg["eval_every"] == 0 or epoch + 1 == train_cfg["epochs"]
+
+
+def shuffle_generator(seed):
+    """The generator of a run's training order and augmentation: seeded by the run's seed alone,
+    so every arm of a seed trains on the same batches."""
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+def evaluate(method, ctx, phase):
+    """One evaluation pass as the engine runs it: every module in eval mode, ``ctx.phase`` set
+    ("val", or one of TEST_PHASES on the test split)."""
+    ctx.phase = phase
+    set_train_mode(ctx, False)
+    return method.evaluate("val" if phase == "val" else "test")
+
+
+def train_step(method, ctx, posthoc=False):
+    """One step as the engine runs it: the stream's next batch (None for a data-free method's
+    train_step) under autocast; returns the step's named losses."""
+    with autocast(ctx.device, ctx.train["amp"]):
+        if posthoc:
+            return method.posthoc_step(next(ctx.stream))
+        losses = method.train_step(next(ctx.stream) if method.uses_data else None)
+    ctx.global_step += 1
+    return losses
+
+
+def prepare_and_train(prepare, desc, on_epoch=None, afresh="starting it"):
+    """``prepare()`` -> (method, ctx) -> ``train``; when the run's resume checkpoint cannot be used
+    (CheckpointError; train removed it), prepare again and train from the start, saying so with
+    ``afresh`` ("{afresh} afresh"). Returns (method, ctx, result)."""
+    method, ctx = prepare()
+    try:
+        return method, ctx, train(method, ctx, desc, on_epoch)
+    except CheckpointError as exc:
+        print(f"kdbench: {exc}; {afresh} afresh", file=sys.stderr)
+    method, ctx = prepare()
+    return method, ctx, train(method, ctx, desc, on_epoch)
+
+
 def train(method, ctx, desc="train", on_epoch=None):
     """Train ``method`` and return a result dict: last and best test metrics, the best epoch
     (chosen on validation, never on test), training time. Resumes from ``ctx.run_dir`` if a
@@ -355,10 +439,11 @@ def train(method, ctx, desc="train", on_epoch=None):
 def train_loop(method, ctx, desc, on_epoch=None):
     cfg = ctx.train
     metric, direction = method.selection
-    steps = cfg["steps_per_epoch"] or math.ceil(ctx.data.info["train_size"] / cfg["batch_size"])
-    if not method.uses_data and not cfg["steps_per_epoch"]:
-        raise ConfigError(f"method {type(method).__name__} is data-free: set train.steps_per_epoch")
-    shuffle = torch.Generator(device="cpu").manual_seed(ctx.seed)
+    steps = ctx.steps_per_epoch = steps_per_epoch(method, cfg, ctx.data.info["train_size"])
+    posthoc_steps = batches_per_pass(ctx.data.info["train_size"], cfg["batch_size"])
+    epochs = cfg["epochs"]
+    total = epochs + method.posthoc_epochs  # post-hoc epochs are counted on from the last one
+    shuffle = shuffle_generator(ctx.seed)
     writes = not ctx.ddp or distributed.is_main()  # under DDP rank 0 alone writes the run folder
     state = {"epoch": 0, "global_step": 0, "best": None, "best_epoch": None, "best_state": None, "history": [], "elapsed": 0.0}
     checkpoint_path = ctx.run_dir / CHECKPOINT
@@ -373,34 +458,35 @@ def train_loop(method, ctx, desc, on_epoch=None):
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
         (ctx.run_dir / HISTORY).write_text("".join(json.dumps(row) + "\n" for row in state["history"]))
 
-    bar = progress(cfg["epochs"] * steps, desc)
-    bar.update(state["epoch"] * steps)
+    bar = progress(epochs * steps + method.posthoc_epochs * posthoc_steps, desc)
+    bar.update(min(state["epoch"], epochs) * steps + max(state["epoch"] - epochs, 0) * posthoc_steps)
     start = time.perf_counter() - state["elapsed"]
-    for epoch in range(state["epoch"], cfg["epochs"]):
-        ctx.epoch, ctx.phase = epoch, "train"
+    for epoch in range(state["epoch"], total):
+        posthoc = epoch >= epochs
+        ctx.epoch, ctx.phase = epoch, "posthoc" if posthoc else "train"
+        if epoch == epochs:  # post-hoc training draws its passes over the data from the run's seed again
+            shuffle.manual_seed(ctx.seed)
         set_train_mode(ctx, True)
         ctx.stream = training_batches(ctx, cfg, shuffle)  # lazy: draws nothing until asked
-        sums = {}
-        for _ in range(steps):
-            with autocast(ctx.device, cfg["amp"]):
-                losses = method.train_step(next(ctx.stream) if method.uses_data else None)
-            ctx.global_step += 1
+        sums, extra = {}, {}
+        for _ in range(posthoc_steps if posthoc else steps):
+            losses = train_step(method, ctx, posthoc)
             for name, value in losses.items():  # summed on the device: no sync per step
                 sums[name] = sums.get(name, 0.0) + (value.detach().float() if torch.is_tensor(value) else value)
             bar.update(1)
-        for scheduler in ctx.schedulers:
-            if scheduler is not None:
-                scheduler.step()
-        method.end_epoch(epoch)
+        if not posthoc:
+            for scheduler in ctx.schedulers:
+                if scheduler is not None:
+                    scheduler.step()
+            extra = method.end_epoch(epoch) or {}  # losses of steps end_epoch takes itself (AKD's peer)
         ctx.stream = None
         if ctx.ddp:  # the loss of the global batch: the mean of the ranks' slices
-            sums = {k: distributed.mean(v, ctx.device) for k, v in sums.items()}
-        row = {"epoch": epoch + 1} | {f"train_{k}": float(v) / steps for k, v in sums.items()}
-        last_epoch = epoch + 1 == cfg["epochs"]
-        if (epoch + 1) % cfg["eval_every"] == 0 or last_epoch:
-            ctx.phase = "val"
-            set_train_mode(ctx, False)
-            val = method.evaluate("val")
+            sums, extra = ({k: distributed.mean(v, ctx.device) for k, v in d.items()} for d in (sums, extra))
+        prefix = "posthoc" if posthoc else "train"
+        row = ({"epoch": epoch + 1} | {f"{prefix}_{k}": float(v) / (posthoc_steps if posthoc else steps) for k, v in sums.items()}
+               | {f"train_{k}": float(v) for k, v in extra.items()})
+        if not posthoc and validates_after(epoch, cfg):
+            val = evaluate(method, ctx, "val")
             row |= {f"val_{k}": v for k, v in val.items()}
             if is_better(val[metric], state["best"], direction):
                 ctx.best = snapshot(ctx, method)
@@ -413,19 +499,16 @@ def train_loop(method, ctx, desc, on_epoch=None):
                 log.write(json.dumps(row) + "\n")
         if on_epoch is not None and writes:
             on_epoch(row)
-        if (epoch + 1) % cfg["checkpoint_every"] == 0 and not last_epoch and writes:
+        if (epoch + 1) % cfg["checkpoint_every"] == 0 and epoch + 1 < total and writes:
             save_checkpoint(checkpoint_path, ctx, method, shuffle, state)
     bar.close()
     ctx.phase = "train"
     method.finish()
     train_time = time.perf_counter() - start
 
-    set_train_mode(ctx, False)
-    ctx.phase = "test-last"
-    last = method.evaluate("test")
+    last = evaluate(method, ctx, TEST_PHASES[0])
     load_snapshot(ctx, method, ctx.best)
-    ctx.phase = "test-best"
-    best = method.evaluate("test")
+    best = evaluate(method, ctx, TEST_PHASES[1])
     if writes:
         checkpoint_path.unlink(missing_ok=True)  # the run is finished; its record is what counts
     return {
@@ -435,7 +518,7 @@ def train_loop(method, ctx, desc, on_epoch=None):
         "train_time_s": train_time,
         "epochs": cfg["epochs"],
         "steps_per_epoch": steps,
-        # what the best test scored: the best snapshot, and modules trained post hoc as finish() left them
+        # what the best test scored: the best snapshot, and modules trained post hoc as they ended
         "best_state": {name: cpu_state(m) for name, m in ctx.modules.items()},
     }
 

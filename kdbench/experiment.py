@@ -39,6 +39,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kdbench import engine
 from kdbench.config import (DataConfig, MeasureConfig, TeacherConfig, TrainConfig, check_data, check_measure, check_seeds,
                              check_train)
 from kdbench.errors import ConfigError, did_you_mean
@@ -341,8 +342,7 @@ class Resolver:
             if key != "model" and key not in student_options:
                 raise ConfigError(f"student model {student['model']!r} has no option {key!r}; its options: {', '.join(student_options) or '(none)'}")
         method_cls = self.registry.get("methods", arm)
-        if not method_cls.uses_data and not train["steps_per_epoch"]:
-            raise ConfigError(f"method {arm!r} is data-free: set train.steps_per_epoch to an integer >= 1 (it is 0: one pass over no data)")
+        engine.check_steps(method_cls, arm, train)
         plain, scoped = self.split_method_table(doc.get("method", {}))
         own = scoped.get(arm, {})
         method = {"name": arm} | {

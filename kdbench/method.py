@@ -12,9 +12,11 @@ The lifecycle, owned by the engine: ``__init__`` (call ``super().__init__(config
 then add modules; the engine then builds ``self.optimizer = ctx.optimizer(self.parameters())``
 unless ``__init__`` set ``self.optimizer`` itself) -> per epoch: phase "train" (``train_step``
 calls) -> ``end_epoch(epoch)`` -> phase "val" (``evaluate("val")``) -> a snapshot of every module
-and of ``state_dict()`` when the epoch is the best so far -> checkpoint; then ``finish()`` ->
-phase "test-last" (``evaluate("test")`` of the last state) -> the best snapshot loaded into every
-module and ``load_state_dict`` -> phase "test-best" (``evaluate("test")``) -> ``teardown()``,
+and of ``state_dict()`` when the epoch is the best so far -> checkpoint; then ``posthoc_epochs``
+post-hoc epochs (phase "posthoc": ``posthoc_step`` over one pass of the training data each, with
+progress, history and checkpoints like any epoch) -> ``finish()`` -> phase "test-last"
+(``evaluate("test")`` of the last state) -> the best snapshot loaded into every module and
+``load_state_dict`` -> phase "test-best" (``evaluate("test")``) -> ``teardown()``,
 which always runs, also when the cell fails (in ``__init__`` too). A teacher's cache entry saves
 every module as the "test-best" pass saw them.
 
@@ -29,8 +31,10 @@ every module as the "test-best" pass saw them.
     ctx.epoch                     0-based epoch being trained (in evaluation: the one just
                                   trained); checkpointed, so a resumed run sees the right one
     ctx.global_step               train_step calls completed in this run (all epochs); checkpointed
-    ctx.phase                     "train", "val", "test-last" or "test-best": what the engine is
-                                  doing now (evaluate still gets "val" or "test")
+    ctx.phase                     "train", "val", "posthoc", "test-last" or "test-best": what the
+                                  engine is doing now (evaluate still gets "val" or "test")
+    ctx.steps_per_epoch           train_step calls per epoch (train.steps_per_epoch, or one pass
+                                  over the training split), set when training starts
     ctx.add_module(name, module, trainable=True, snapshot=True)
                                   move an extra module to the device and have it checkpointed,
                                   resumed, put in train/eval mode with the student and snapshotted
@@ -49,10 +53,14 @@ every module as the "test-best" pass saw them.
                                   forward of two validation images (no random stream touched),
                                   to size a regressor in __init__
     ctx.next_batch()              one more augmented training batch (images, labels) from the
-                                  run's data stream, for steps that use several batches
-                                  ((images, labels, indices) when the method wants_indices)
+                                  run's data stream, for steps that use several batches (in
+                                  train_step or posthoc_step; (images, labels, indices) when the
+                                  method wants_indices)
     ctx.best_state()              the best-epoch snapshot {module name: state_dict, "method":
                                   state_dict()} (None before the first validation); read-only
+    ctx.best_model(name="student")
+                                  a frozen, eval-mode copy of module ``name`` in its best-epoch
+                                  state (e.g. the trained teacher a post-hoc step learns from)
     ctx.optimizer(params, **over) an optimizer (and its per-epoch scheduler) from the [train]
                                   settings, with overrides such as optimizer="adam", lr=2e-4,
                                   betas=[0.5, 0.999], schedule="none"; checkpointed and resumed
@@ -95,6 +103,7 @@ class Method:
     # sample at every epoch (a memory bank's or a per-sample cache's key). The batches themselves
     # are the ones every other arm of the seed trains on.
     wants_indices = False
+    posthoc_epochs = 0  # epochs of posthoc_step after the last training epoch (may be set in __init__)
 
     def __init__(self, config, ctx):
         self.config = config
@@ -123,11 +132,21 @@ class Method:
 
     def end_epoch(self, epoch):
         """Called after each epoch's steps, before validation; ``epoch`` is the 0-based index of
-        the epoch that just ended (== ctx.epoch)."""
+        the epoch that just ended (== ctx.epoch). May return named values (tensors or floats,
+        e.g. the mean losses of steps it takes itself), logged in the epoch's history row as
+        ``train_<name>`` beside train_step's."""
+
+    def posthoc_step(self, batch):
+        """One step of post-hoc training (``posthoc_epochs`` > 0) on a training batch, after the
+        last epoch: the engine runs these epochs (one pass over the training data each, in an
+        order drawn from the run's seed) with progress, checkpoints and resume, and logs the
+        returned losses as ``posthoc_<name>``. No validation follows; ``ctx.best_model()`` is the
+        best-epoch student. Modules trained here are usually added with ``snapshot=False``."""
+        raise NotImplementedError(f"{type(self).__name__} sets posthoc_epochs but has no posthoc_step")
 
     def finish(self):
-        """Called once after the last epoch, before the final tests (post-hoc training goes here;
-        ``ctx.best_state()`` holds the best epoch's snapshot)."""
+        """Called once after the last epoch (and the post-hoc epochs), before the final tests;
+        ``ctx.best_state()`` holds the best epoch's snapshot."""
 
     def teardown(self):
         """Called once when the cell ends, ok or failed, after the engine removed its feature

@@ -3,13 +3,14 @@
 For every cell it lists the seeds to run (and those already finished in --out), the student's
 parameters, the teacher it needs and whether the cache has it, and an estimate of the wall time,
 measured on the chosen device: a few real training steps of each distinct (model, method and its
-options, batch, data) are timed through the engine (``engine.prepare`` and the method's
-``train_step``), plus one validation pass, and extrapolated to the configured epochs, steps and
-evaluation passes. Teachers are timed with their real initialisation; teachers a method loads
-itself through ``ctx.load_teacher`` (gankd's feature classifier) are found the same way. Nothing
-is written to the teacher cache or to --out.
+options, batch, data) are timed through the engine (``engine.prepare``, its data stream and
+``engine.train_step``), plus one validation pass, and extrapolated by the engine's rules (steps per
+epoch, evaluation schedule, post-hoc epochs, test phases). Teachers to train are timed with their
+real initialisation; teachers that are files (--teacher PATH, shipped, downloaded) are loaded and
+checked as ``run`` loads them, so a bad one stops the dry run with run's error; teachers a method
+loads itself through ``ctx.load_teacher`` (gankd's feature classifier) are found the same way.
+Nothing is written to the teacher cache or to --out.
 """
-import math
 import statistics
 import tempfile
 import time
@@ -18,10 +19,10 @@ from pathlib import Path
 import torch
 
 from kdbench import engine, store
+from kdbench.errors import KDBenchError
 from kdbench.measure import count_params, device_name, synchronize
-from kdbench.precision import autocast
 from kdbench.spec import config_hash, model_options, resolve_teacher
-from kdbench.teachers import META, WEIGHTS, default_cache_dir, shipped_folder, teacher_key
+from kdbench.teachers import META, WEIGHTS, TeacherCache, default_cache_dir, sha256_file, shipped_folder, teacher_key
 
 # A step is timed after one warm-up step (allocations, kernel selection), repeatedly until both
 # MIN_STEPS steps and MIN_SECONDS have been timed, or MAX_SECONDS have passed; the median step
@@ -31,11 +32,14 @@ MIN_STEPS, MIN_SECONDS, MAX_SECONDS = 3, 2.0, 10.0
 
 
 class Planner:
-    def __init__(self, registry, device, cache="", teacher_path="", stores=()):
+    def __init__(self, registry, device, scratch, cache="", teacher_path="", stores=()):
         self.registry = registry
         self.stores = stores
         self.device = device
         self.cache_root = (Path(cache).expanduser() if cache else default_cache_dir()) / "teachers"
+        # loads the teachers that are files (--teacher PATH, shipped, downloaded) as run does, with
+        # its checks and errors; what a load writes (evaluation output) goes to the folder ``scratch``
+        self.files = TeacherCache(scratch, registry, device, stores=stores)
         self.teacher_path = teacher_path
         self.timings = {}  # what shapes a run's cost -> Timing
         self.teachers = {}  # cache key -> {"spec", "cached", "params", "timing", "used_by"}
@@ -44,8 +48,10 @@ class Planner:
     # -- teachers -------------------------------------------------------------------------------
 
     def teacher(self, spec, used_by):
-        """A stand-in for the trained teacher of ``spec`` (its model and its method's extra modules
-        at their initialisation), noting whether the cache holds the real one and what training it costs."""
+        """The teacher of ``spec`` for timing: a file (--teacher PATH, a shipped or an already
+        downloaded one) loaded and checked as ``run`` loads it, so that a bad one is the same error
+        here; else a stand-in (its model and its method's extra modules at their initialisation).
+        Notes whether the cache holds it and what training it costs."""
         key = teacher_key(spec)
         if key not in self.teachers:
             folder = self.cache_root / key
@@ -53,6 +59,7 @@ class Planner:
             shipped = not given and shipped_folder(self.stores, key) is not None
             cached = given or shipped or ((folder / WEIGHTS).is_file() and (folder / META).is_file())
             entry = {"spec": spec, "cached": cached, "used_by": [], "key": key, "given": given, "shipped": shipped}
+            real = self.load_file(spec, shipped)
             self.teachers[key] = entry
             with engine.preserved_rng():
                 method, ctx, timing = self.time_training(
@@ -60,11 +67,24 @@ class Planner:
                     method_options=spec["method_options"], data_cfg=spec["data"], train_cfg=spec["train"])
             entry["params"] = count_params(ctx.student)
             entry["timing"] = timing
-            self.stand_ins[key] = engine.Teacher(ctx.student, {n: m for n, m in ctx.modules.items() if n != "student"},
-                                                 {"model": spec["model"], "params": entry["params"], "metrics": {}})
+            self.stand_ins[key] = real or engine.Teacher(ctx.student, {n: m for n, m in ctx.modules.items() if n != "student"},
+                                                         {"model": spec["model"], "params": entry["params"], "metrics": {}})
         if used_by not in self.teachers[key]["used_by"]:
             self.teachers[key]["used_by"].append(used_by)
         return self.stand_ins[key]
+
+    def load_file(self, spec, shipped):
+        """The teacher in a file, loaded as ``run`` loads it (and failing as it fails), or None
+        when it is to be trained, or given by a URL not downloaded yet (a dry run downloads nothing)."""
+        downloaded = self.cache_root / "downloads" / f"{spec.get('sha256')}.pt"
+        try:
+            if spec.get("url"):
+                if not downloaded.is_file() or sha256_file(downloaded) != spec["sha256"]:
+                    return None  # run downloads it (again) before anything else
+                return self.files.load_file(spec, downloaded, spec["sha256"], f"teacher {spec['url']}")
+            return self.files.get(spec) if spec.get("path") or shipped else None
+        except KDBenchError as exc:  # the message run stops with
+            raise KDBenchError(f"teacher {spec['model']}: {exc}") from None
 
     def loader(self, data_cfg, used_by):
         """``ctx.load_teacher`` for the timed runs: a stand-in, never the cache."""
@@ -115,22 +135,33 @@ def teacher_key_of(teacher):
 
 
 def measure_steps(method, ctx):
-    """Time training steps and one validation pass of a prepared (method, ctx), the way
-    engine.train_loop runs them."""
+    """Time training steps (and post-hoc steps, if the method has them) and one validation pass
+    of a prepared (method, ctx), through the engine's own step, stream and evaluation."""
     cfg = ctx.train
-    if method.uses_data:
-        steps = cfg["steps_per_epoch"] or math.ceil(ctx.data.info["train_size"] / cfg["batch_size"])
-    else:
-        steps = cfg["steps_per_epoch"]
-    ctx.epoch, ctx.phase = 0, "train"
+    steps = engine.steps_per_epoch(method, cfg, ctx.data.info["train_size"])
+    ctx.epoch = 0
+    step_s = time_steps(method, ctx, "train")
+    posthoc_s = 0.0
+    if method.posthoc_epochs:  # after the last epoch, from the best snapshot (here: the state reached so far)
+        ctx.best = engine.snapshot(ctx, method)
+        posthoc_s = time_steps(method, ctx, "posthoc")
+    val_s = time_validation(method, ctx)
+    return {
+        "step_s": step_s, "steps_per_epoch": steps, "posthoc_epochs": method.posthoc_epochs, "posthoc_step_s": posthoc_s,
+        "posthoc_steps": engine.batches_per_pass(ctx.data.info["train_size"], cfg["batch_size"]),
+        "val_s": val_s, "val_size": ctx.data.size("val"), "test_size": ctx.data.size("test"),
+    }
+
+
+def time_steps(method, ctx, phase):
+    """The median seconds of a step in ``phase`` ("train" or "posthoc"), timed as the engine runs it."""
+    ctx.phase = phase
     engine.set_train_mode(ctx, True)
-    ctx.stream = engine.training_batches(ctx, cfg, torch.Generator(device="cpu").manual_seed(0))
+    ctx.stream = engine.training_batches(ctx, ctx.train, engine.shuffle_generator(ctx.seed))
 
     def step():
         start = time.perf_counter()
-        with autocast(ctx.device, cfg["amp"]):
-            method.train_step(next(ctx.stream) if method.uses_data else None)
-        ctx.global_step += 1
+        engine.train_step(method, ctx, posthoc=phase == "posthoc")
         synchronize(ctx.device)
         return time.perf_counter() - start
 
@@ -142,13 +173,8 @@ def measure_steps(method, ctx):
         began = time.perf_counter()
         while (len(times) < MIN_STEPS or sum(times) < MIN_SECONDS) and time.perf_counter() - began < MAX_SECONDS:
             times.append(step())
-    ctx.stream, ctx.phase = None, "val"
-    engine.set_train_mode(ctx, False)
-    val_s = time_validation(method, ctx)
-    return {
-        "step_s": statistics.median(times), "timed_steps": len(times), "steps_per_epoch": steps,
-        "val_s": val_s, "val_size": ctx.data.size("val"), "test_size": ctx.data.size("test"),
-    }
+    ctx.stream = None
+    return statistics.median(times)
 
 
 def time_validation(method, ctx):
@@ -158,42 +184,44 @@ def time_validation(method, ctx):
     n = min(len(full[1]), ctx.train["eval_batch_size"])
     ctx.data.splits["val"] = (full[0][:n], full[1][:n])
     try:
-        part = time_call(method.evaluate, "val", ctx.device)
+        part = time_call(lambda: engine.evaluate(method, ctx, "val"), ctx.device)
     finally:
         ctx.data.splits["val"] = full
     if part * len(full[1]) / n >= MIN_SECONDS:
         return part * len(full[1]) / n
-    time_call(method.evaluate, "val", ctx.device)  # warm-up
-    return min(time_call(method.evaluate, "val", ctx.device) for _ in range(2))
+    time_call(lambda: engine.evaluate(method, ctx, "val"), ctx.device)  # warm-up
+    return min(time_call(lambda: engine.evaluate(method, ctx, "val"), ctx.device) for _ in range(2))
 
 
-def time_call(fn, arg, device):
+def time_call(fn, device):
     start = time.perf_counter()
-    fn(arg)
+    fn()
     synchronize(device)
     return time.perf_counter() - start
 
 
-def run_seconds(timing, train_cfg, test_passes=2):
-    """One run: every epoch's steps, the validation passes, and the test passes (last and best
-    epoch), a test pass taken as a validation pass scaled by the split sizes."""
+def run_seconds(timing, train_cfg, test_passes=len(engine.TEST_PHASES)):
+    """One run: every epoch's steps, the validation passes, the post-hoc epochs, and the test
+    passes, a test pass taken as a validation pass scaled by the split sizes."""
     epochs = train_cfg["epochs"]
-    val_passes = sum(1 for e in range(epochs) if (e + 1) % train_cfg["eval_every"] == 0 or e + 1 == epochs)
+    val_passes = sum(1 for e in range(epochs) if engine.validates_after(e, train_cfg))
     test_s = timing["val_s"] * timing["test_size"] / max(timing["val_size"], 1)
-    return timing["step_s"] * timing["steps_per_epoch"] * epochs + val_passes * timing["val_s"] + test_passes * test_s
+    posthoc_s = timing["posthoc_epochs"] * timing["posthoc_steps"] * timing["posthoc_step_s"]
+    return timing["step_s"] * timing["steps_per_epoch"] * epochs + val_passes * timing["val_s"] + test_passes * test_s + posthoc_s
 
 
 def estimate(cells, seeds, registry, device, out="runs", cache="", teacher_path="", workers=1):
     """The plan of a grid: cells (with timings), teachers, totals. Trains nothing, writes nothing.
     With ``workers`` processes the runs share the wall time (the longest run at least); teachers
     train first, in the driver."""
-    planner = Planner(registry, device, cache, teacher_path, cells[0].teacher_stores if cells else ())
-    rows = [planner.cell(cell, seeds, out) for cell in cells]
+    with tempfile.TemporaryDirectory(prefix="kdbench-plan-") as scratch:
+        planner = Planner(registry, device, scratch, cache, teacher_path, cells[0].teacher_stores if cells else ())
+        rows = [planner.cell(cell, seeds, out) for cell in cells]
     teachers = []
     for entry in planner.teachers.values():
         spec = entry["spec"]
         # training, then measured once on the test set when it is loaded
-        train_s = 0.0 if entry["cached"] else run_seconds(entry["timing"], spec["train"], test_passes=3)
+        train_s = 0.0 if entry["cached"] else run_seconds(entry["timing"], spec["train"], test_passes=len(engine.TEST_PHASES) + 1)
         teachers.append(entry | {"train_s": train_s})
     runs_s = runs_wall_seconds(rows, workers)
     return {

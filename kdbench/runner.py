@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 
 from kdbench import distributed, store
-from kdbench.errors import CheckpointError, KDBenchError
+from kdbench.errors import KDBenchError
 from kdbench.executors import WorkerLost, driver_gone
 
 
@@ -143,17 +143,10 @@ class GridProgress:
 
 
 def progress_line(done, total, elapsed):
+    from kdbench.plan import duration
+
     left = f"~{duration(elapsed / done * (total - done))} left" if done else "time left: after the first run"
     return f"[{done}/{total} runs] {duration(elapsed)} elapsed, {left}"
-
-
-def duration(seconds):
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
 
 
 def finished_record(job, log=print):
@@ -299,7 +292,7 @@ def resolve_teachers(cells, options, executor, log):
             result = {"error": f"teacher {job.spec['model']}: WorkerLost: {result}"}
         if "sha256" in result:
             hashes.update(dict.fromkeys(ids, result["sha256"]))
-        elif result.get("given"):  # the user's or a shipped file: bad input stops the grid before training
+        elif result.get("given"):  # the user's file (path or URL) or a shipped one: bad input stops the grid before training
             raise KDBenchError(result["error"])
         else:  # its cells fail with this error when they run; the rest of the grid goes on
             log(f"kdbench: {result['error']}")
@@ -312,7 +305,7 @@ def teacher_checksum(job):
     from kdbench import engine
     from kdbench.teachers import teacher_key
 
-    given = bool(job.options.teacher_path)
+    given = bool(job.options.teacher_path or job.spec.get("url"))
     try:
         registry = registry_for(job.plugin_dirs, job.options.strict_plugins)
         cache = teacher_cache(job.options.cache, registry, engine.resolve_device(job.options.device), job.stores)
@@ -437,13 +430,7 @@ def train_and_measure(job, on_epoch=None):
         train_cfg=config["train"], seed=job.seed, device=device, run_dir=job.folder, teacher=teacher,
         teacher_loader=cache.get_partial(config["data"]), ddp=distributed.active(),
     )
-    method, ctx = prepare()
-    try:
-        result = engine.train(method, ctx, desc=cell.name, on_epoch=on_epoch)
-    except CheckpointError as exc:  # an unreadable resume checkpoint: it is gone, start afresh
-        print(f"kdbench: {exc}; starting {cell.name} seed {job.seed} afresh", file=sys.stderr)
-        method, ctx = prepare()
-        result = engine.train(method, ctx, desc=cell.name, on_epoch=on_epoch)
+    method, ctx, result = engine.prepare_and_train(prepare, cell.name, on_epoch, afresh=f"starting {cell.name} seed {job.seed}")
     if not distributed.is_main():
         return {}  # rank 0 measures and records
     student = ctx.modules["student"]  # the bare model (under DDP ctx.student is its wrapper)

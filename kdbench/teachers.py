@@ -117,13 +117,8 @@ class TeacherCache:
 
     def train(self, spec, folder):
         self.warn(f"training teacher {spec['model']} ({teacher_key(spec)}); it is cached for later runs in {folder}")
-        method, ctx = self.prepare(spec, folder / "work")
-        try:
-            result = engine.train(method, ctx, desc=f"teacher {spec['model']}")
-        except CheckpointError as exc:  # an interrupted teacher's checkpoint that cannot be used: it is gone
-            self.warn(f"{exc}; training the teacher afresh")
-            method, ctx = self.prepare(spec, folder / "work")
-            result = engine.train(method, ctx, desc=f"teacher {spec['model']}")
+        _, _, result = engine.prepare_and_train(lambda: self.prepare(spec, folder / "work"), f"teacher {spec['model']}",
+                                                afresh="training the teacher")
         # every module as the best test saw it: the best-epoch snapshot (and post-hoc modules)
         states = result["best_state"]
         modules = {"model": states["student"]} | {name: state for name, state in states.items() if name != "student"}
@@ -200,9 +195,7 @@ class TeacherCache:
             for name, module in ctx.modules.items():
                 if name != "student":
                     module.load_state_dict(modules[name])
-            engine.set_train_mode(ctx, False)
-            ctx.phase = "test-best"
-            metrics = method.evaluate("test")
+            metrics = engine.evaluate(method, ctx, engine.TEST_PHASES[-1])  # as the cache saved it: the best snapshot
         finally:
             engine.teardown(method, ctx)
         info = {

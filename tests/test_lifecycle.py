@@ -367,3 +367,102 @@ def test_layer_options_are_checked_before_any_training(tmp_path, cli):
     code, _, err = cli("run", str(folder), "--seeds", "0", "--set", "method.student_layer=7", "--dry-run")
     assert code == 2 and "method.student_layer of 'hint' names '7', not a module path of the student 'mlp'; valid: 0, 1, 2, 3 (" in err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_post_hoc_epochs_have_progress_history_and_resume(tmp_path, monkeypatch):
+    """A method's post-hoc training (posthoc_epochs of posthoc_step after the last epoch, on the
+    frozen best student) runs in the engine: counted in the progress bar, logged in the history
+    (as are the losses end_epoch returns), checkpointed, and resumed to the same end state."""
+    from dataclasses import asdict
+
+    import torch.nn.functional as F
+
+    from kdbench import engine
+    from kdbench.config import DataConfig, TrainConfig
+    from kdbench.data import DataBundle
+    from kdbench.method import Method
+    from kdbench.plugins import load_registry
+
+    registry = load_registry([])
+    fail_in_epoch = []
+
+    class PostHoc(Method):
+        needs_teacher = False
+        posthoc_epochs = 2
+
+        def __init__(self, config, ctx):
+            super().__init__(config, ctx)
+            self.critic = ctx.add_module("critic", torch.nn.Linear(10, 1), trainable=False, snapshot=False)
+            self.critic_opt = ctx.optimizer(self.critic.parameters(), lr=0.01)
+
+        def train_step(self, batch):
+            images, labels = batch
+            loss = F.cross_entropy(self.student(images), labels)
+            self.ctx.step(self.optimizer, loss)
+            return {"ce": loss}
+
+        def end_epoch(self, epoch):
+            return {"extra": epoch + 0.5}
+
+        def posthoc_step(self, batch):
+            assert self.ctx.phase == "posthoc"
+            frozen = self.ctx.best_model()
+            assert frozen is not self.student and not frozen.training and not any(p.requires_grad for p in frozen.parameters())
+            assert all(torch.equal(v, self.ctx.best_state()["student"][k]) for k, v in frozen.state_dict().items())
+            images, _ = batch
+            with torch.no_grad():
+                target = frozen(images)
+            loss = F.mse_loss(self.critic(target).squeeze(1), images.flatten(1).mean(1))
+            self.ctx.step(self.critic_opt, loss)
+            if self.ctx.epoch in fail_in_epoch:
+                raise Interrupted
+            return {"mse": loss}
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (24, 1, 8, 8), dtype=torch.uint8)
+    y = torch.randint(10, (24,))
+    data = DataBundle("fake", {"train": (x, y), "val": (x[:8], y[:8]), "test": (x[:8], y[:8])}, 10, (0.5,), (0.25,), DataConfig(), "cpu")
+    train_cfg = asdict(TrainConfig()) | {"epochs": 2, "batch_size": 8, "checkpoint_every": 1, "optimizer": "adam", "lr": 0.01}
+    bars = []
+
+    class Bar:
+        def __init__(self, total, desc):
+            self.total, self.done = total, 0
+            bars.append(self)
+
+        def update(self, n):
+            self.done += n
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(engine, "progress", Bar)
+
+    def run(folder):
+        engine.seed_everything(0)
+        ctx = engine.Context(student=registry.build_model("students", "mlp", data.info, hidden=8), teacher=None, data=data,
+                             train=train_cfg, seed=0, device=torch.device("cpu"), run_dir=tmp_path / folder, registry=registry)
+        method = engine.build_method(PostHoc, PostHoc.Config(), ctx)
+        return engine.train(method, ctx)
+
+    straight = run("straight")
+    assert bars[-1].total == bars[-1].done == 2 * 3 + 2 * 3  # 2 epochs of 3 steps, then 2 post-hoc passes of 3 batches
+    rows = [json.loads(line) for line in (tmp_path / "straight" / "history.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert [sorted(r) for r in rows] == [["epoch", "train_ce", "train_extra", "val_top1", "val_top5"]] * 2 + [["epoch", "posthoc_mse"]] * 2
+    assert [r["train_extra"] for r in rows[:2]] == [0.5, 1.5]
+
+    fail_in_epoch.append(3)  # the second post-hoc epoch, after the checkpoint of the first
+    with pytest.raises(Interrupted):
+        run("resumed")
+    fail_in_epoch.clear()
+    resumed = run("resumed")
+    assert bars[-1].done == bars[-1].total  # the bar resumed where the checkpoint left it
+    assert resumed["metrics"] == straight["metrics"]
+    for name, state in straight["best_state"].items():
+        assert all(torch.equal(v, resumed["best_state"][name][k]) for k, v in state.items()), name
+    assert (tmp_path / "resumed" / "history.jsonl").read_text() == (tmp_path / "straight" / "history.jsonl").read_text()

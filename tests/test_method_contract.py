@@ -122,9 +122,10 @@ def test_method_contract(folder, name, tmp_path, tmp_path_factory, no_onednn):
     end_epoch = method.end_epoch
 
     def interrupt(epoch):
-        end_epoch(epoch)
+        logged = end_epoch(epoch)
         if epoch == 1:
             raise Interrupted
+        return logged
 
     method.end_epoch = interrupt
     with pytest.raises(Interrupted):

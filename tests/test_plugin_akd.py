@@ -141,6 +141,34 @@ def test_one_iteration_updates_student_and_generator_and_never_the_teacher(regis
     assert not any(p.requires_grad for p in teacher.model.parameters())
 
 
+def test_the_peers_epoch_is_trained_and_its_losses_logged(registry, tmp_path):
+    """variant=source: after the main student's epoch, end_epoch runs as many iterations of the
+    peer (ctx.steps_per_epoch) against the same generator; their mean losses reach the history."""
+    from dataclasses import asdict
+
+    from kdbench import engine
+    from kdbench.config import DataConfig, TrainConfig
+    from kdbench.data import DataBundle
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (16, 1, 28, 28), dtype=torch.uint8)
+    y = torch.randint(10, (16,))
+    data = DataBundle("fake", {"train": (x, y), "val": (x, y), "test": (x, y)}, 10, (0.5,), (0.25,), DataConfig(), "cpu")
+    teacher = engine.Teacher(registry.build_model("teachers", "small-cnn", data.info), {}, {})
+    train = asdict(TrainConfig()) | {"epochs": 1, "steps_per_epoch": 2, "batch_size": 4, "lr": 0.01}
+    ctx = engine.Context(student=registry.build_model("students", "tiny-cnn", data.info), teacher=teacher, data=data,
+                         train=train, seed=0, device=torch.device("cpu"), run_dir=tmp_path, registry=registry)
+    akd_cls = registry.get("methods", "akd")
+    method = engine.build_method(akd_cls, akd_cls.Config(ngf=8, student_steps=1, peer={"model": "tiny-cnn", "c1": 4, "c2": 8}), ctx)
+    peer_steps = []
+    method.peer.register_forward_hook(lambda *a: peer_steps.append(1) if method.peer.training else None)
+    result = engine.train(method, ctx)
+    assert len(peer_steps) == 2 * (1 + 1)  # 2 iterations of 1 student step + 1 generator step
+    [row] = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert {"train_student_l1", "train_generator_l1", "train_peer_student_l1", "train_peer_generator_l1"} <= set(row)
+    assert row["train_peer_student_l1"] > 0 and {"peer_top1_last", "peer_top1_best"} <= set(result["metrics"])
+
+
 # ------------------------------------------------------------------------------------------------
 # The quick profile's effect: real training on Fashion-MNIST, the profile's 5 seeds
 

@@ -117,11 +117,17 @@ def test_server_dying_mid_download_or_no_server_keeps_nothing(plugin_dir, cli, s
     assert code == 2 and f"cannot download teacher {url}" in line
 
 
-def test_downloads_load_with_weights_only(plugin_dir, cli, server, tmp_path):
-    body = checkpoint_bytes({"model": Evil()}, tmp_path)
+def test_a_download_that_is_no_loadable_checkpoint_stops_the_grid_before_any_arm_trains(plugin_dir, cli, server, tmp_path):
+    body = checkpoint_bytes({"model": Evil()}, tmp_path)  # verifies against its hash; weights_only=True refuses it
     server.files["evil.pt"] = body
-    code, out, _ = cli("run", str(plugin_dir), *GRID, "--teacher", f"{server.url}evil.pt#sha256={hashlib.sha256(body).hexdigest()}")
-    assert code == 1 and "FAILED: CheckpointError" in out and "is not a readable torch checkpoint" in out
+    code, _, err = cli("run", str(plugin_dir), "--seeds", "0", "--set", "train.epochs=1",
+                       "--teacher", f"{server.url}evil.pt#sha256={hashlib.sha256(body).hexdigest()}")
+    [line] = [l for l in err.splitlines() if l.startswith("kdbench: error:")]
+    assert code == 2 and "is not a readable torch checkpoint" in line
+    assert not list((tmp_path / "runs").rglob("record.json"))  # not even scratch, which needs no teacher, trained
+    code, _, dry_err = cli("run", str(plugin_dir), "--seeds", "0", "--dry-run",
+                           "--teacher", f"{server.url}evil.pt#sha256={hashlib.sha256(body).hexdigest()}")
+    assert code == 2 and line in dry_err.splitlines()  # the dry run checks the downloaded file as run does
 
 
 @pytest.mark.parametrize("args, message", [

@@ -79,6 +79,7 @@ def test_bad_external_teachers_stop_the_grid_with_one_line(plugin_dir, cli, tmp_
         # the driver checks the file before any cell trains (run identity needs its hash)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1
         assert not list((tmp_path / "runs").rglob("record.json"))
+        assert cli("run", str(plugin_dir), *GRID, "--teacher", str(path), "--dry-run")[::2] == (2, err)  # the dry run: the same line
 
 
 def test_getting_a_teacher_leaves_the_random_streams_alone(plugin_dir, tmp_path):
@@ -137,6 +138,7 @@ def test_a_damaged_shipped_teacher_stops_the_grid_and_is_kept(plugin_dir, cli, t
     [line] = err.strip().splitlines()
     assert f"shipped teacher {shipped} is corrupt (CheckpointError: checksum mismatch); restore it (git checkout)" in line
     assert weights.exists() and not cached_files(tmp_path)
+    assert cli("run", str(plugin_dir), *GRID, "--dry-run")[::2] == (2, err)  # the dry run stops with the same line
 
 
 def test_a_missing_teacher_folder_is_one_line_before_training(plugin_dir, cli, tmp_path):

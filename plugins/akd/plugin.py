@@ -119,9 +119,15 @@ class AKD(Method):
         return self.iteration(self.student, self.optimizer)
 
     def end_epoch(self, epoch):
-        if self.peer is not None:  # the source's order: a whole epoch of the first student, then the second
-            for _ in range(self.ctx.train["steps_per_epoch"]):
-                self.iteration(self.peer, self.peer_opt)
+        """With a peer: a whole epoch of its iterations (the source's order: the first student's
+        epoch, then the second's); their mean losses go to the epoch's history row as ``peer_*``."""
+        if self.peer is None:
+            return None
+        sums = {}
+        for _ in range(self.ctx.steps_per_epoch):
+            for name, value in self.iteration(self.peer, self.peer_opt).items():
+                sums[name] = sums.get(name, 0.0) + value
+        return {f"peer_{name}": total / self.ctx.steps_per_epoch for name, total in sums.items()}
 
     def evaluate(self, split):
         """The student's metrics, and with a peer its ``peer_top1``/``peer_top5``."""

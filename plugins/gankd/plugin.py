@@ -100,7 +100,8 @@ class DCGAN(Method):
         self.optimizer = ctx.optimizer(self.student.parameters(), **adam)
         self.d_optimizer = ctx.optimizer(self.discriminator.parameters(), **adam)
         self.features = PenultimateFeatures(self.load_feature_classifier())
-        self.real_stats = {}
+        self.real_stats = {}  # split -> feature statistics of its first eval_samples real images
+        self.floor = None  # real_fd(), once computed
 
     # -- training ---------------------------------------------------------------------------
 
@@ -136,15 +137,23 @@ class DCGAN(Method):
         }
         return self.ctx.load_teacher(spec).model  # leaves this run's random streams as they were
 
+    def real_count(self, split):
+        return min(self.config.eval_samples, self.ctx.data.size(split))
+
     def real_features(self, split):
         if split not in self.real_stats:
             images, _ = self.ctx.data.tensors(split)
-            n = min(self.config.eval_samples, len(images))
-            self.real_stats[split] = gaussian_stats(self.features(images[:n])[1])
-            if split == "test":  # the floor: two disjoint real sets (val vs test) of the same size
-                val, _ = self.ctx.data.tensors("val")
-                self.real_fd = frechet_distance(gaussian_stats(self.features(val[:n])[1]), self.real_stats[split])
+            self.real_stats[split] = gaussian_stats(self.features(images[:self.real_count(split)])[1])
         return self.real_stats[split]
+
+    def real_fd(self):
+        """The floor of ``fd``: the distance between two disjoint real sets of the same size, the
+        test images ``fd`` is measured against and as many validation images."""
+        if self.floor is None:
+            val, _ = self.ctx.data.tensors("val")
+            val_stats = gaussian_stats(self.features(val[:self.real_count("test")])[1])
+            self.floor = frechet_distance(val_stats, self.real_features("test"))
+        return self.floor
 
     def fixed_noise(self, split, n):
         g = torch.Generator(device="cpu").manual_seed(SPLIT_NOISE_SEED[split])
@@ -169,7 +178,7 @@ class DCGAN(Method):
             "coverage": class_coverage(logits),
         }
         if split == "test":
-            metrics["real_fd"] = self.real_fd
+            metrics["real_fd"] = self.real_fd()
             teacher_images = self.generate(self.teacher, z) if self.teacher is not None else None
             if teacher_images is not None:
                 metrics["mse_teacher"] = feature_mse(images, teacher_images).item()

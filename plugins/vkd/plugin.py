@@ -9,7 +9,8 @@ Methods:
                  ctx.add_module, so it is cached with the teacher and handed to students as
                  ctx.teacher_extras["generator"]. cgan = "concurrent" (the paper: one D step and
                  one G step per teacher batch, on that batch's softened teacher outputs) or
-                 "posthoc" (the notebook: cgan_epochs more epochs on the frozen, eval-mode teacher).
+                 "posthoc" (the notebook: cgan_epochs more epochs on the frozen, eval-mode teacher,
+                 run by the engine as post-hoc epochs).
     vkd          VKD alone: T^2 KL(G(z, y) || softmax(s / T)) + CE(s, y); the teacher is not used.
     kd-vkd       the notebook's student: KD + VKD (KD = T^2 KL(softmax(t / T) || softmax(s / T))).
     kd-ce        KD alone: KD + CE(s, y) (the same terms without the virtual knowledge).
@@ -19,7 +20,6 @@ The notebook never defines its VKD loss (the call raises NameError); the definit
 spec's reading of its comment ("matches the generator output and the true label"), and the only
 place a CE term can live in the notebook's total loss.
 """
-import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -78,8 +78,9 @@ class VKDTeacher(Method):
     def __init__(self, config, ctx):
         super().__init__(config, ctx)
         # G and D have their own optimizers; concurrent: the engine's best-epoch snapshot pairs them
-        # with the teacher of that epoch; posthoc: finish() trains them, so they stay out of it
+        # with the teacher of that epoch; posthoc: trained after it, so they stay out of it
         concurrent = config.cgan == "concurrent"
+        self.posthoc_epochs = 0 if concurrent else config.cgan_epochs
         self.generator = ctx.add_module(EXTRA, ctx.build_model(
             "generators", GENERATOR, nz=config.nz, hidden=config.hidden, depth=config.depth,
             label_input=config.label_input), trainable=False, snapshot=concurrent)
@@ -120,27 +121,15 @@ class VKDTeacher(Method):
             out |= self.cgan_step(self.soften(logits), labels)
         return out
 
-    def finish(self):
-        """Posthoc mode: train the cGAN on the teacher the cache keeps, its best-epoch state (chosen
-        on validation; frozen, eval mode, no gradients: the notebook ran it in train mode and
-        back-propagated into it). Concurrent mode needs nothing: the engine's best-epoch snapshot
-        holds G and D as they were at the end of that epoch."""
-        if self.config.cgan == "concurrent":
-            return
-        teacher = copy.deepcopy(self.student)
-        teacher.load_state_dict(self.ctx.best_state()["student"])
-        teacher.eval()
-        self.generator.train()
-        self.discriminator.train()
-        rng = torch.Generator().manual_seed(self.ctx.seed)
-        for _ in range(self.config.cgan_epochs):
-            for images, labels in self.ctx.data.batches("train", self.ctx.train["batch_size"], shuffle=True,
-                                                        augment=True, generator=rng):
-                with torch.no_grad():
-                    real = self.soften(teacher(images))
-                self.cgan_step(real, labels)
-        self.generator.eval()
-        self.discriminator.eval()
+    def posthoc_step(self, batch):
+        """Posthoc mode, one cGAN step per training batch for cgan_epochs epochs: the teacher the
+        cache keeps is its best-epoch state (chosen on validation; frozen, eval mode, no gradients:
+        the notebook ran it in train mode and back-propagated into it). Concurrent mode has none:
+        the engine's best-epoch snapshot holds G and D as they were at the end of that epoch."""
+        images, labels = batch
+        with torch.no_grad():
+            real = self.soften(self.ctx.best_model("student")(images))
+        return self.cgan_step(real, labels)
 
     def evaluate(self, split):
         metrics = self.ctx.accuracy(self.student, split)
