@@ -209,7 +209,7 @@ class KD(Method):
         with torch.no_grad():
             teacher_logits = self.teacher(images)
         logits = self.student(images)
-        s, t = (standardize_logits(logits), standardize_logits(teacher_logits)) if self.config.logit_stand else (logits, teacher_logits)
+        s, t = (standardize_logits(logits), standardize_logits(teacher_logits)) if getattr(self.config, "logit_stand", False) else (logits, teacher_logits)
         kd = kd_kl_loss(s, t, self.config.temperature)
         ce = F.cross_entropy(logits, labels)
         loss = (1.0 - self.config.alpha) * kd + self.config.alpha * ce
