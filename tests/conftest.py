@@ -117,6 +117,14 @@ def write_plugin(folder, plugin=THIRD_PARTY_PLUGIN, toml=THIRD_PARTY_TOML):
     return folder
 
 
+def pytest_collection_modifyitems(items):
+    """Benchmark claims, paper profiles and DDP runs are slow tests too: `-m "not slow"` (the
+    everyday tier) leaves them out, and `-m claims` still selects them alone."""
+    for item in items:
+        if any(item.get_closest_marker(name) for name in ("claims", "paper", "ddp")):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def no_onednn(monkeypatch):
     """oneDNN compiles kernels for every new conv shape (seconds each on a busy CPU); tests that
@@ -124,6 +132,71 @@ def no_onednn(monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+
+
+# Shrinks an experiment to seconds (--set each): synthetic 16x16 data, two epochs of two steps, a
+# one-epoch teacher, one timing repeat. A plugin's quick arms run end to end with these.
+SYNTHETIC = ["data.name=synthetic", "data.val_size=200", "data.train_subset=256", "data.test_subset=200",
+             "teacher.train.epochs=1", "teacher.data.train_subset=512", "train.epochs=2", "train.steps_per_epoch=2",
+             "train.batch_size=32", "measure.throughput_batch=8", "measure.throughput_repeats=1", "measure.latency_repeats=1"]
+
+
+def as_sets(settings):
+    """["a=1", "b=2"] -> ["--set", "a=1", "--set", "b=2"]."""
+    return [arg for s in settings for arg in ("--set", s)]
+
+
+def read_records(folder):
+    """Every record.json under ``folder``, sorted by cell name and seed."""
+    import json
+
+    found = (json.loads(p.read_text()) for p in Path(folder).rglob("record.json"))
+    return sorted(found, key=lambda r: (r.get("cell_name", ""), r.get("seed", 0)))
+
+
+def read_history(record):
+    """The per-epoch rows (history.jsonl) of a record's run folder."""
+    import json
+
+    return [json.loads(line) for line in (Path(record["run_dir"]) / "history.jsonl").read_text().splitlines()]
+
+
+def registry_for(folder):
+    """The registry with plugin ``folder`` loaded, as a run in this process builds it."""
+    from kdbench import runner
+
+    return runner.registry_for((str(Path(folder).resolve()),), False)
+
+
+def fake_data(n=16, size=16, val=None, augment=(), seed=0):
+    """A DataBundle of ``n`` random 1-channel uint8 images and 10 classes on the CPU; val and test
+    are the first ``val`` training images (all of them by default)."""
+    import torch
+
+    from kdbench.config import DataConfig
+    from kdbench.data import DataBundle
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 1, size, size), dtype=torch.uint8, generator=g)
+    y = torch.randint(10, (n,), generator=g)
+    held = (x[:val], y[:val]) if val else (x, y)
+    return DataBundle("fake", {"train": (x, y), "val": held, "test": held}, 10, (0.5,), (0.25,),
+                      DataConfig(augment=list(augment)), "cpu")
+
+
+def hand_context(tmp_path, registry, data, student, teacher=None, seed=0, **train):
+    """A Context for a method built by hand (kdbench.engine.build_method): ``student`` a model,
+    ``teacher`` a model or None, [train] defaults with ``train`` over them."""
+    from dataclasses import asdict
+
+    import torch
+
+    from kdbench.config import TrainConfig
+    from kdbench.engine import Context, Teacher
+
+    teacher = Teacher(teacher, {}, {}) if teacher is not None else None
+    return Context(student=student, teacher=teacher, data=data, train=asdict(TrainConfig()) | train, seed=seed,
+                   device=torch.device("cpu"), run_dir=tmp_path, registry=registry)
 
 
 def paired_gain(records, arm, baseline, metric, direction="max"):

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import REPO
+from conftest import REPO, SYNTHETIC, as_sets, registry_for
 from kdbench.errors import ConfigError
 from kdbench.plugins import import_plugin_folder
 
@@ -612,9 +612,7 @@ def test_crd_negatives_are_other_classes_without_replacement_when_they_suffice()
 # --- configs --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def registry():
-    from kdbench import runner
-
-    return runner.registry_for((str(PLUGIN),), False)
+    return registry_for(PLUGIN)
 
 
 @pytest.mark.parametrize("method, options, message", [
@@ -662,11 +660,8 @@ def test_the_feature_arms_run_on_synthetic_data(tmp_path, no_onednn):
     two short epochs each: records ok, the regressors, connectors and fusion counted as the method's."""
     from kdbench.cli import main
 
-    tiny = ["data.name=synthetic", "data.val_size=200", "data.train_subset=256", "data.test_subset=200",
-            "teacher.train.epochs=1", "teacher.data.train_subset=512", "train.epochs=2", "train.steps_per_epoch=2",
-            "train.batch_size=32", "measure.throughput_batch=8", "measure.throughput_repeats=1", "measure.latency_repeats=1"]
     out = tmp_path / "runs"
-    sets = [arg for s in tiny for arg in ("--set", s)]
+    sets = as_sets(SYNTHETIC)
     code = main(["run", str(PLUGIN), "--grid", "method=pkt,sp,vid,nst,ofd,reviewkd,crd", "--seeds", "0", *sets, "--out", str(out),
                  "--cache", str(tmp_path / "cache")])
     assert code == 0

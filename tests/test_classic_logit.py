@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageEnhance, ImageOps
 
-from conftest import REPO
+from conftest import REPO, SYNTHETIC, as_sets, registry_for
 from kdbench.errors import ConfigError
 from kdbench.losses import kd_kl_loss, standardize_logits
 from kdbench.plugins import import_plugin_folder
@@ -446,9 +446,7 @@ def test_cutout_is_the_references_square():
 # --- configs --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def registry():
-    from kdbench import runner
-
-    return runner.registry_for((str(PLUGIN),), False)
+    return registry_for(PLUGIN)
 
 
 @pytest.mark.parametrize("method, options, message", [
@@ -501,12 +499,8 @@ def test_logit_stand_and_the_logit_arms_run_on_synthetic_data(tmp_path, no_onedn
 
     from kdbench.cli import main
 
-    tiny = ["data.name=synthetic", "data.val_size=200", "data.train_subset=256", "data.test_subset=200",
-            "teacher.train.epochs=1", "teacher.data.train_subset=512", "train.epochs=2", "train.steps_per_epoch=2",
-            "train.batch_size=32", "method.warmup=2", "method.lambda_epochs=2", "measure.throughput_batch=8",
-            "measure.throughput_repeats=1", "measure.latency_repeats=1"]
     out = tmp_path / "runs"
-    sets = [arg for s in tiny for arg in ("--set", s)]
+    sets = as_sets(SYNTHETIC + ["method.warmup=2", "method.lambda_epochs=2"])
     code = main(["run", str(PLUGIN), "--grid", "method=kd,dkd,mlkd,ctkd", "--grid", "logit_stand=true", "--seeds", "0",
                  *sets, "--out", str(out), "--cache", str(tmp_path / "cache")])
     assert code == 0

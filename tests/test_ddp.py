@@ -19,6 +19,8 @@ import pytest
 
 from conftest import REPO, THIRD_PARTY_PLUGIN, THIRD_PARTY_TOML, write_plugin
 
+pytestmark = pytest.mark.ddp
+
 TWO_OPTIMIZERS = THIRD_PARTY_PLUGIN + '''
 
 class WithCritic(Method):

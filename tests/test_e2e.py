@@ -9,8 +9,11 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from conftest import REPO, THIRD_PARTY_PLUGIN, write_plugin
+
+pytestmark = pytest.mark.slow
 
 
 def test_plugin_is_short():

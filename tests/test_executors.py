@@ -7,6 +7,8 @@ import pytest
 
 from conftest import THIRD_PARTY_PLUGIN, THIRD_PARTY_TOML, write_plugin
 
+pytestmark = pytest.mark.slow
+
 # threads pinned: a run's float sums depend on its thread count, and so does its identity
 GRID = ["--grid", "temperature=8", "--seeds", "0,1", "--set", "train.threads=1", "--set", "train.epochs=2",
         "--set", "teacher.train.epochs=1"]

@@ -3,11 +3,14 @@ plugin code and placement are unchanged; stale records are rerun, or kept and ma
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import write_plugin
 from kdbench import runner
 from kdbench.plugins import folder_fingerprint
+
+pytestmark = pytest.mark.slow
 
 # scratch on a built-in student uses no code of the plugin; soft-kd uses its method
 FAST = ["--seeds", "0", "--set", "student.model=mlp", "--set", "student.hidden=16", "--set", "train.epochs=1",

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import write_plugin
+from conftest import fake_data, hand_context, read_history, read_records, registry_for, write_plugin
 
 # A FitNets-style method through the public API only: features of both models, a trainable
 # regressor, a warm-up on ctx.epoch. Failures are injected through the environment, so a rerun of
@@ -122,21 +122,15 @@ def hint_dir(tmp_path):
 
 
 def plugin_module(folder):
-    from kdbench import runner
-
-    registry = runner.registry_for((str(folder.resolve()),), False)
-    return sys.modules[registry.get("methods", "hint").__module__]
+    return sys.modules[registry_for(folder).get("methods", "hint").__module__]
 
 
-def records(out):
-    return sorted((json.loads(p.read_text()) for p in out.rglob("record.json")), key=lambda r: r["cell_name"])
-
-
+@pytest.mark.slow
 def test_hooks_are_removed_after_a_grid_and_after_a_failure(hint_dir, cli, tmp_path, monkeypatch):
     monkeypatch.setenv("HINT_FAIL_AT_STEP", "3")
     code, _, err = cli("run", str(hint_dir), "--grid", "weight=0.5,1,2", "--seeds", "0")
     assert code == 1  # failures are recorded, the grid goes on
-    rows = records(tmp_path / "runs")
+    rows = read_records(tmp_path / "runs")
     assert [r["status"] for r in rows] == ["failed"] * 3 and "planned failure" in rows[0]["error"]
     module = plugin_module(hint_dir)
     assert len(module.TAPPED) == 6 and sorted(module.TORN_DOWN) == [0.5, 1.0, 2.0]
@@ -150,21 +144,18 @@ def test_hooks_are_removed_after_a_grid_and_after_a_failure(hint_dir, cli, tmp_p
         assert not any(m._forward_hooks for m in model.modules())
 
 
+@pytest.mark.slow
 def test_trainable_module_is_optimised_and_reported_as_the_methods(hint_dir, cli, tmp_path):
     code, _, err = cli("run", str(hint_dir), "--grid", "weight=1", "--seeds", "0")
     assert code == 0, err
-    [row] = records(tmp_path / "runs")
+    [row] = read_records(tmp_path / "runs")
     # mlp with 16 hidden units on 16x16 images; the regressor maps its 16 features to 16x4x4
     assert row["student"]["params"] == 256 * 16 + 16 + 16 * 10 + 10
     assert row["method_params"] == {"regressor": 16 * 256 + 256}
 
 
 def test_default_optimizer_covers_trainable_modules_only(tmp_path):
-    from dataclasses import asdict
-
-    from kdbench.config import DataConfig, TrainConfig
-    from kdbench.data import DataBundle
-    from kdbench.engine import Context, build_method
+    from kdbench.engine import build_method
     from kdbench.method import Method
     from kdbench.plugins import load_registry
 
@@ -176,23 +167,21 @@ def test_default_optimizer_covers_trainable_modules_only(tmp_path):
             self.head = ctx.add_module("head", torch.nn.Linear(3, 3))
             self.other = ctx.add_module("other", torch.nn.Linear(3, 3), trainable=False)
 
-    x = torch.randint(0, 256, (8, 1, 16, 16), dtype=torch.uint8)
-    y = torch.randint(10, (8,))
-    data = DataBundle("fake", {"train": (x, y), "val": (x, y), "test": (x, y)}, 10, (0.5,), (0.25,), DataConfig(), "cpu")
+    data = fake_data(n=8)
     student = registry.build_model("students", "mlp", data.info, hidden=4)
-    ctx = Context(student=student, teacher=None, data=data, train=asdict(TrainConfig()), seed=0,
-                  device=torch.device("cpu"), run_dir=tmp_path, registry=registry)
+    ctx = hand_context(tmp_path, registry, data, student)
     method = build_method(TwoHeads, TwoHeads.Config(), ctx)
     optimised = {id(p) for group in method.optimizer.param_groups for p in group["params"]}
     assert optimised == {id(p) for p in [*student.parameters(), *method.head.parameters()]}
     assert ctx.optimizers == [method.optimizer]
 
 
+@pytest.mark.slow
 def test_resumed_run_sees_the_same_epochs_and_steps(hint_dir, cli, tmp_path, monkeypatch):
     grid = ("--grid", "weight=1", "--seeds", "0", "--set", "train.epochs=4")
     code, _, err = cli("run", str(hint_dir), *grid)
     assert code == 0, err
-    [fresh] = records(tmp_path / "runs")
+    [fresh] = read_records(tmp_path / "runs")
     history = (tmp_path / "runs" / "hint").rglob("history.jsonl")
     fresh_history = next(history).read_text()
     monkeypatch.setenv("HINT_FAIL_AFTER_EPOCH", "2")  # dies after checkpointing epochs 1 and 2
@@ -201,9 +190,9 @@ def test_resumed_run_sees_the_same_epochs_and_steps(hint_dir, cli, tmp_path, mon
     monkeypatch.delenv("HINT_FAIL_AFTER_EPOCH")
     code, _, err = cli("run", str(hint_dir), *grid)
     assert code == 0 and "resuming" in err and "after epoch 2" in err
-    [resumed] = records(tmp_path / "runs")
+    [resumed] = read_records(tmp_path / "runs")
     assert resumed["metrics"] == fresh["metrics"] and resumed["selection"] == fresh["selection"]
-    rows = [json.loads(line) for line in next((tmp_path / "runs" / "hint").rglob("history.jsonl")).read_text().splitlines()]
+    rows = read_history(resumed)
     assert [r["train_ramp"] for r in rows] == [0.25, 0.5, 0.75, 1.0]
     assert next((tmp_path / "runs" / "hint").rglob("history.jsonl")).read_text() == fresh_history
 
@@ -226,6 +215,7 @@ def test_list_layers_shows_module_paths_and_output_shapes(cli):
     assert code == 2 and "list students --layers MODEL" in err
 
 
+@pytest.mark.slow
 def test_readme_feature_example_runs(tmp_path, cli):
     from conftest import REPO
 
@@ -238,31 +228,20 @@ def test_readme_feature_example_runs(tmp_path, cli):
     folder = write_plugin(tmp_path / "hintplugin", code, toml)
     code, _, err = cli("run", str(folder), "--seeds", "0")
     assert code == 0, err
-    rows = {r["method"]: r for r in records(tmp_path / "runs")}
+    rows = {r["method"]: r for r in read_records(tmp_path / "runs")}
     assert set(rows) == {"scratch", "kd", "hint"} and all(r["status"] == "ok" for r in rows.values())
     # small-cnn's layer 3 has 16 channels in the student and 32 in the teacher: a 1x1 conv 16 -> 32
     assert rows["hint"]["method_params"] == {"regressor": 16 * 32 + 32} and rows["kd"]["method_params"] == {}
     assert rows["hint"]["student"]["params"] == rows["scratch"]["student"]["params"]
 
 
-def fake_context(tmp_path, registry, train_size=40, **train):
-    """A Context on a tiny in-memory dataset with augmentation (crop, flip): the student an mlp."""
-    from dataclasses import asdict
-
-    from kdbench.config import DataConfig, TrainConfig
-    from kdbench.data import DataBundle
-    from kdbench.engine import Context
-
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (train_size, 1, 16, 16), dtype=torch.uint8, generator=g)
-    y = torch.randint(10, (train_size,), generator=g)
-    data = DataBundle("fake", {"train": (x, y), "val": (x[:8], y[:8]), "test": (x[:8], y[:8])}, 10, (0.5,), (0.25,),
-                      DataConfig(augment=["crop", "hflip"]), "cpu")
+def fake_context(tmp_path, registry, **train):
+    """A Context on 40 random images with augmentation (crop, flip): the student an mlp."""
+    data = fake_data(n=40, val=8, augment=("crop", "hflip"))
     torch.manual_seed(0)
     student = registry.build_model("students", "mlp", data.info, hidden=4)
-    cfg = asdict(TrainConfig()) | {"optimizer": "adam", "lr": 0.01, "batch_size": 16, "checkpoint_every": 100} | train
-    return Context(student=student, teacher=None, data=data, train=cfg, seed=0, device=torch.device("cpu"),
-                   run_dir=tmp_path, registry=registry)
+    return hand_context(tmp_path, registry, data, student,
+                        **{"optimizer": "adam", "lr": 0.01, "batch_size": 16, "checkpoint_every": 100} | train)
 
 
 def test_sample_indices_are_opt_in_and_leave_the_batches_unchanged(tmp_path):

@@ -66,7 +66,7 @@ def cases():
         registry = load_registry([folder], strict=True)
         for name in registry.names("methods"):
             if registry.tables["methods"][name].plugin != "kdbench.builtin":
-                out.append(pytest.param(folder, name, id=f"{folder.name}-{name}"))
+                out.append(pytest.param(folder, name, id=f"{folder.name}-{name}", marks=pytest.mark.slow))
     return out
 
 

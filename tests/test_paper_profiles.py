@@ -7,10 +7,13 @@ are overridden (the sources' batches of 128-256 images on 11-24 M-parameter mode
 minutes a step on a 2-core CPU); the models and the data code are the paper profile's."""
 import json
 
+import pytest
 
 import datasets_on_disk as disk
 from conftest import REPO
 from kdbench.cli import main
+
+pytestmark = pytest.mark.paper
 
 SMALL = [  # one short epoch of everything; the cell's own models, data and method constants
     "train.epochs=1", "train.steps_per_epoch=1", "train.eval_batch_size=16",

@@ -4,9 +4,13 @@ its timed estimate, which must come within a factor of 2 of the real run timed i
 import re
 import time
 
+import pytest
+
 from conftest import REPO
 from kdbench import plan
 from kdbench.cli import main
+
+pytestmark = pytest.mark.slow
 
 PLUGIN = REPO / "plugins" / "hinton"
 

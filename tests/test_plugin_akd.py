@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import datasets_on_disk as disk
-from conftest import REPO, paired_gain, shared_cache
+from conftest import REPO, fake_data, hand_context, paired_gain, registry_for, shared_cache
 from kdbench.measure import count_params as count
-from kdbench import experiment, runner
+from kdbench import experiment
 
 PLUGIN = REPO / "plugins" / "akd"
 CIFAR100 = {"num_classes": 100, "in_channels": 3, "image_size": 32}
@@ -17,7 +17,7 @@ CIFAR100 = {"num_classes": 100, "in_channels": 3, "image_size": 32}
 
 @pytest.fixture(scope="module")
 def registry():
-    return runner.registry_for((str(PLUGIN),), False)  # the registry run_job uses
+    return registry_for(PLUGIN)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -81,6 +81,7 @@ def test_paper_grid_expands_with_the_sources_settings(registry):
     assert source["method"]["peer"] == {"model": "resnet18", "width": 0.5}
 
 
+@pytest.mark.paper
 def test_paper_source_variant_trains_both_students_against_one_generator(monkeypatch, tmp_path, capsys):
     """variant=source on a CIFAR-100 copy in the real format (the rest of the paper profile runs in
     test_paper_profiles.py). The 224x224 teacher is the expensive part: the wiring is checked with
@@ -107,20 +108,13 @@ def test_paper_source_variant_trains_both_students_against_one_generator(monkeyp
 
 
 def test_one_iteration_updates_student_and_generator_and_never_the_teacher(registry, tmp_path):
-    from kdbench.config import DataConfig, TrainConfig
-    from kdbench.data import DataBundle
-    from kdbench.engine import Context, Teacher, build_method
-    from dataclasses import asdict
+    from kdbench.engine import build_method
 
     torch.manual_seed(0)
-    x = torch.randint(0, 256, (32, 1, 28, 28), dtype=torch.uint8)
-    y = torch.randint(10, (32,))
-    data = DataBundle("fake", {"train": (x, y), "val": (x, y), "test": (x, y)}, 10, (0.5,), (0.25,), DataConfig(), "cpu")
-    teacher = Teacher(registry.build_model("teachers", "small-cnn", data.info), {}, {})
+    data = fake_data(n=32, size=28)
+    teacher_model = registry.build_model("teachers", "small-cnn", data.info)
     student = registry.build_model("students", "tiny-cnn", data.info)
-    train = asdict(TrainConfig()) | {"batch_size": 8, "lr": 0.01}
-    ctx = Context(student=student, teacher=teacher, data=data, train=train, seed=0, device=torch.device("cpu"),
-                  run_dir=tmp_path, registry=registry)
+    ctx = hand_context(tmp_path, registry, data, student, teacher_model, batch_size=8, lr=0.01)
     akd_cls = registry.get("methods", "akd")
     method = build_method(akd_cls, akd_cls.Config(ngf=8), ctx)
     def no_real_images(*args, **kwargs):
@@ -130,15 +124,15 @@ def test_one_iteration_updates_student_and_generator_and_never_the_teacher(regis
     calls = []
     student.register_forward_hook(lambda *a: calls.append("student"))
     before = {name: [p.detach().clone() for p in m.parameters()] for name, m in
-              (("student", student), ("generator", method.generator), ("teacher", teacher.model))}
+              (("student", student), ("generator", method.generator), ("teacher", ctx.teacher))}
     losses = method.train_step(None)
     assert set(losses) == {"student_l1", "generator_l1"}
     assert calls.count("student") == 15 + 1  # 15 student steps : 1 generator step
     changed = {name: any(not torch.equal(a, b) for a, b in zip(params, dict(
-        student=student, generator=method.generator, teacher=teacher.model)[name].parameters())) for name, params in before.items()}
+        student=student, generator=method.generator, teacher=ctx.teacher)[name].parameters())) for name, params in before.items()}
     assert changed == {"student": True, "generator": True, "teacher": False}
     assert all(p.requires_grad for p in student.parameters())  # unfrozen again after the generator step
-    assert not any(p.requires_grad for p in teacher.model.parameters())
+    assert not any(p.requires_grad for p in ctx.teacher.parameters())
 
 
 def test_the_peers_epoch_is_trained_and_its_losses_logged(registry, tmp_path):
@@ -173,6 +167,7 @@ def test_the_peers_epoch_is_trained_and_its_losses_logged(registry, tmp_path):
 # The quick profile's effect: real training on Fashion-MNIST, the profile's 5 seeds
 
 
+@pytest.mark.claims
 def test_quick_profile_data_free_student_beats_random_inputs(tmp_path, tmp_path_factory):
     from kdbench.cli import main
 

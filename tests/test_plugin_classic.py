@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, SYNTHETIC, as_sets, registry_for
 from kdbench.errors import ConfigError
 from kdbench.plugins import import_plugin_folder
 
@@ -218,9 +218,7 @@ def test_rkd_shapes_and_invariances():
 # --- configs --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def registry():
-    from kdbench import runner
-
-    return runner.registry_for((str(PLUGIN),), False)
+    return registry_for(PLUGIN)
 
 
 @pytest.mark.parametrize("method, options, message", [
@@ -266,17 +264,14 @@ def test_dkd_warmup_follows_ctx_epoch(registry):
 
 
 # --- one tiny run of every arm --------------------------------------------------------------------
+@pytest.mark.slow
 def test_every_arm_runs_on_synthetic_data(tmp_path, no_onednn):
     """The quick profile's arms on synthetic 16x16 data (the zoo's conv trunks give 8x8 and 4x4
     maps there), one short epoch each: records ok, the regressor counted as the method's."""
     from kdbench.cli import main
 
-    tiny = ["data.name=synthetic", "data.val_size=200", "data.train_subset=256", "data.test_subset=200",
-            "teacher.train.epochs=1", "teacher.data.train_subset=512", "train.epochs=2", "train.steps_per_epoch=2",
-            "train.batch_size=32", "method.warmup=2", "measure.throughput_batch=8", "measure.throughput_repeats=1",
-            "measure.latency_repeats=1"]
     out = tmp_path / "runs"
-    sets = [arg for s in tiny for arg in ("--set", s)]
+    sets = as_sets(SYNTHETIC + ["method.warmup=2"])
     arms = "method=scratch,kd,fitnet,at,dkd,rkd,dist,ctkd,mlkd"  # the feature methods: tests/test_classic_feature.py
     code = main(["run", str(PLUGIN), "--grid", arms, "--seeds", "0", *sets, "--out", str(out), "--cache", str(tmp_path / "cache")])
     assert code == 0

@@ -131,6 +131,7 @@ def quick(tmp_path_factory):
     return records, out
 
 
+@pytest.mark.claims
 def test_quick_gankd_student_lands_closer_to_the_teacher(quick):
     records, _ = quick
     assert sorted(r["method"] for r in records) == ["gan-adv"] * 3 + ["gankd"] * 3

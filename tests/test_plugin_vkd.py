@@ -98,6 +98,7 @@ def test_paper_profile_expands_to_the_notebook_settings():
     assert count(registry.build_model("students", "resnet18-torchvision", info)) == 11_227_812
 
 
+@pytest.mark.paper
 @pytest.mark.parametrize("cgan", ["posthoc"])  # concurrent, the default: test_paper_profiles.py, on CIFAR-100 files
 def test_paper_profile_runs_one_step_at_a_tiny_size(tmp_path, capsys, cgan):
     sets = [x for s in TINY + [f"teacher.method_options.cgan={cgan}"] for x in ("--set", s)]
@@ -141,6 +142,7 @@ def quick(tmp_path_factory):
     return records(out / "runs"), out
 
 
+@pytest.mark.claims
 def test_quick_kd_vkd_beats_scratch(quick):
     # the notebook's student beats scratch at the best-validation epoch: the 95% interval of the
     # gain over the three seed pairs lies above zero (under all three CPU settings; README). VKD

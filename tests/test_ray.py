@@ -8,6 +8,8 @@ import pytest
 
 from conftest import THIRD_PARTY_PLUGIN, THIRD_PARTY_TOML, write_plugin
 
+pytestmark = pytest.mark.slow
+
 ray = pytest.importorskip("ray")
 
 FAST = ["--seeds", "0,1", "--set", "train.threads=1", "--set", "train.epochs=2", "--set", "teacher.train.epochs=1"]
