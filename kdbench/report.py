@@ -256,6 +256,26 @@ def render_table(results):
     return "\n".join(lines) + "\n"
 
 
+def render_costs(results, reference="kd"):
+    """What each arm pays (``Results.costs``): its own modules' parameters and its train time per
+    step as a ratio to ``reference``'s (the baseline's where it did not run); "" when no record
+    says either."""
+    costs = results.costs(reference)
+    if not any(c["method_params"] is not None or c["step_ms"] is not None for c in costs):
+        return ""
+    labels = arm_labels(results)
+    refs = sorted({c["reference_method"] for c in costs if c["step_ratio"] is not None})
+    lines = [f"| arm | extra parameters | train ms per step | per step, × {' / '.join(refs) or reference} |", "|---|---|---|---|"]
+    for c in costs:
+        params = "" if c["method_params"] is None else f"{c['method_params']:,}"
+        lines.append(f"| {labels[c['cell_id']]} | {params} | {leaderboard.fmt(c['step_ms'], None, 1)} | {leaderboard.fmt(c['step_ratio'], None, 2)} |")
+    return ("What each arm pays: extra parameters are the method's own modules (regressors, heads; "
+            "buffers such as memory banks are not parameters), never the student's; train time per step is the training "
+            "loop's wall time (its per-epoch validation passes included) over epochs × steps per epoch, the mean over "
+            f"seeds, and its ratio to {' / '.join(refs) or reference}'s from the same run (a shared machine: timings are noisy).\n\n"
+            + "\n".join(lines) + "\n")
+
+
 def mixed_note(results):
     """The lines that explain the arms marked as mixing run identities (none: empty)."""
     return [f"{leaderboard.MIXED_MARK} {arm_label(first)}: {results.mixed(experiment, cell_id)}." for experiment, cell_id, first, _ in arms(results)
@@ -371,6 +391,9 @@ def render_block(args, by_setting, machines, walls):
              "baseline arm with the same student, data and training settings, signed so that positive is better, "
              "[95% interval], * when it excludes zero, n.s. (not significant) when it does not; ↑/↓: higher/lower "
              "is better.", ""]
+    costs = render_costs(results[first])
+    if costs:
+        parts += [costs]
     mixed = mixed_note(results[first])
     if mixed:
         parts += [" ".join(mixed) + " Rerun those arms on one code version to compare like with like.", ""]

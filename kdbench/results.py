@@ -8,7 +8,9 @@
 - ``teachers``: one row per distinct teacher, with its measured test metrics;
 - ``failed``: one row per failed (or malformed) record;
 - ``table``: the leaderboard's numbers (seed means, stds, 95% intervals, the paired gain over the
-  baseline, teacher and failed rows), and ``gain(cell, column, direction)`` for any metric.
+  baseline, teacher and failed rows), and ``gain(cell, column, direction)`` for any metric;
+- ``costs(reference)``: what each arm pays beyond the student: the method's own parameters and
+  its train time per step against a reference arm's (``kd`` where it runs).
 
 The leaderboard (markdown, CSV, HTML), the plot and ``report``'s README blocks are renderers of
 it; none derives a pairing or an interval of its own. No torch here.
@@ -54,6 +56,20 @@ def speed_at(speed):
     return f"{speed.get('device_name')} b{speed.get('throughput_batch')} {speed.get('dtype')}" if speed else None
 
 
+def method_params(record):
+    """The parameters of the method's own modules (regressors, heads, ...; ``record["method_params"]``,
+    never the student's), summed; None for a record made before records reported them."""
+    modules = record.get("method_params")
+    return sum(modules.values()) if isinstance(modules, dict) else None
+
+
+def step_time_s(record):
+    """Train seconds per step: ``train_time_s / (epochs * steps_per_epoch)`` (the training loop's
+    wall time, the per-epoch validation passes included); None when the record lacks one."""
+    steps = (record.get("epochs") or 0) * (record.get("steps_per_epoch") or 0)
+    return record["train_time_s"] / steps if steps and record.get("train_time_s") is not None else None
+
+
 def flatten(record):
     """One flat row per finished record."""
     speed = record.get("speed") or {}
@@ -80,6 +96,8 @@ def flatten(record):
         "latency_ms": speed.get("latency_ms"),
         "speed_at": speed_at(speed),
         "train_time_s": record.get("train_time_s"),
+        "method_params": method_params(record),
+        "step_time_s": step_time_s(record),
         "stale": record.get("stale") or "",
         "identity": record.get("identity"),
     }
@@ -224,6 +242,34 @@ class Results:
         sign = 1.0 if direction == "max" else -1.0
         arm, baseline = self.seeds(experiment, cell_id), self.seeds(experiment, base)
         return {s: sign * (r.get(column, math.nan) - baseline[s].get(column, math.nan)) for s, r in arm.items() if s in baseline}
+
+    def costs(self, reference="kd"):
+        """What each finished cell pays, in the leaderboard's order: one dict per cell with
+        ``experiment``, ``cell_id``, ``method``, ``method_params`` (its own modules' parameters,
+        None when its records do not say), ``step_ms`` (mean train milliseconds per step over its
+        seeds) and ``step_ratio``: ``step_ms`` over that of the cell of arm ``reference`` with the
+        same student, data and training settings in the same experiment (these records: the same
+        run, so the same machine and load), or of the baseline's when no such cell ran; None
+        without either. ``reference_method`` names which."""
+        if self.runs.empty:
+            return []
+        cells = self.runs.groupby(KEYS, sort=False).agg(
+            method=("method", "first"), baseline=("baseline", "first"), pair_key=("pair_key", "first"),
+            method_params=("method_params", "first"), step_s=("step_time_s", "mean"))
+        rows = []
+        for experiment, cell_id in self.cells():
+            cell = cells.loc[(experiment, cell_id)]
+            peers = cells.loc[experiment]
+            peers = peers[peers["pair_key"] == cell["pair_key"]]
+            ref = next((m for m in (reference, cell["baseline"]) if (peers["method"] == m).any()), None)
+            ref_s = peers.loc[peers["method"] == ref, "step_s"].iloc[0] if ref else math.nan
+            known = lambda v: v is not None and v == v  # noqa: E731 (not None, not NaN)
+            rows.append({"experiment": experiment, "cell_id": cell_id, "method": cell["method"],
+                         "method_params": int(cell["method_params"]) if known(cell["method_params"]) else None,
+                         "step_ms": 1000 * cell["step_s"] if known(cell["step_s"]) else None,
+                         "step_ratio": cell["step_s"] / ref_s if known(cell["step_s"]) and known(ref_s) and ref_s > 0 else None,
+                         "reference_method": ref})
+        return rows
 
     @functools.cached_property
     def table(self):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from kdbench import leaderboard, report
+from kdbench.results import Results
 
 DATA = Path(__file__).parent / "data" / "results"
 MACHINES = {name: {"cpu": "AMD EPYC", "cores": 2, "torch": "2.14.1", "capability": cap, "onednn": "unset"}
@@ -47,6 +48,43 @@ def renders():
 
 NAMES = ["leaderboard.md", "leaderboard.csv", "leaderboard.html", "leaderboard-sorted.md", "leaderboard-real.md",
          "block-real.md", "block-crafted.md", "block-gan.md"]
+
+
+def cost_records():
+    """The real run's size=big cells as three arms with set step times: scratch 10 ms, kd 20 ms and
+    a method with a 608-parameter regressor at 50 ms per step, and one record of before records
+    reported method_params."""
+    real = [r for r in json.loads((DATA / "records.json").read_text())["real"] if r["labels"]["size"] == "big"]
+    out = []
+    for r in real:
+        for method, cell_id, ms, modules in (("scratch", "c-scratch", 10, {}), ("kd", "c-kd", 20, {}),
+                                             ("fitnet", "c-fitnet", 50, {"regressor": 608})):
+            if r["method"] == ("scratch" if method == "scratch" else "soft-kd"):
+                out.append(copy.deepcopy(r) | {"method": method, "cell_id": cell_id, "labels": {"method": method},
+                                               "method_params": modules, "epochs": 2, "steps_per_epoch": 25,
+                                               "train_time_s": ms / 1000 * 2 * 25})
+    return out
+
+
+def test_costs_are_the_methods_params_and_step_time_against_kd():
+    costs = {c["method"]: c for c in Results(cost_records()).costs()}
+    assert {m: c["method_params"] for m, c in costs.items()} == {"scratch": 0, "kd": 0, "fitnet": 608}
+    assert costs["fitnet"]["step_ms"] == pytest.approx(50) and costs["scratch"]["step_ms"] == pytest.approx(10)
+    assert {m: c["step_ratio"] for m, c in costs.items()} == pytest.approx({"scratch": 0.5, "kd": 1.0, "fitnet": 2.5})
+    assert {c["reference_method"] for c in costs.values()} == {"kd"}
+    block = report.render_block("plugins/x", {"native": cost_records()}, MACHINES, {"native": None})
+    assert "| fitnet | 608 | 50.0 | 2.50 |" in block and "| kd | 0 | 20.0 | 1.00 |" in block
+
+
+def test_costs_fall_back_to_the_baseline_and_say_what_records_do_not():
+    records = [r for r in cost_records() if r["method"] != "kd"]
+    for r in records:
+        if r["method"] == "fitnet":
+            del r["method_params"]  # a record made before records reported them
+    costs = {c["method"]: c for c in Results(records).costs()}
+    assert costs["fitnet"]["reference_method"] == "scratch" and costs["fitnet"]["step_ratio"] == pytest.approx(5.0)
+    assert costs["fitnet"]["method_params"] is None and costs["scratch"]["method_params"] == 0
+    assert "| fitnet |  | 50.0 | 5.00 |" in report.render_block("plugins/x", {"native": records}, MACHINES, {"native": None})
 
 
 @pytest.fixture(scope="module")
