@@ -23,8 +23,8 @@ SMALL = [  # one short epoch of everything; the cell's own models, data and meth
 ]
 
 
-def run_paper(plugin, data_root, tmp_path, capsys, sets=()):
-    args = ["run", str(REPO / "plugins" / plugin), "--profile", "paper", "--seeds", "0", "--device", "cpu",
+def run_paper(plugin, data_root, tmp_path, capsys, sets=(), profile="paper"):
+    args = ["run", str(REPO / "plugins" / plugin), "--profile", profile, "--seeds", "0", "--device", "cpu",
             "--out", str(tmp_path / "runs"), "--cache", str(tmp_path / "cache")]
     for item in [*SMALL, f"data.root={data_root}", *sets]:
         args += ["--set", item]
@@ -96,3 +96,35 @@ def test_vkd_paper_on_cifar100(monkeypatch, tmp_path, capsys):
         assert r["teacher"]["model"] == "resnet50-torchvision" and r["teacher"]["params"] == 23_712_932
     [meta] = (tmp_path / "cache" / "teachers").glob("*/meta.json")
     assert json.loads(meta.read_text())["spec"]["data"]["root"] == str(tmp_path / "data")
+
+
+# plugins/classic's paper profiles: the CIFAR-100 pairs of mdistiller's table, every arm
+CLASSIC_PAIRS = {  # profile: (teacher, its parameters, student, its parameters, the student's lr)
+    "paper-resnet32x4-resnet8x4": ("resnet32x4", 7_433_860, "resnet8x4", 1_233_540, 0.05),
+    "paper-wrn-40-2-wrn-40-1": ("wrn-40-2", 2_255_156, "wrn-40-1", 569_780, 0.05),
+    "paper-vgg13-vgg8": ("vgg13-cifar", 9_462_180, "vgg8-cifar", 3_965_028, 0.05),
+    "paper-resnet56-resnet20": ("resnet56", 861_620, "resnet20", 278_324, 0.05),
+    "paper-resnet32x4-shufflenetv2": ("resnet32x4", 7_433_860, "shufflenetv2", 1_355_528, 0.01),
+    "paper-vgg13-mobilenetv2": ("vgg13-cifar", 9_462_180, "mobilenetv2", 812_836, 0.01),
+}
+CLASSIC_ARMS = ["at", "crd", "ctkd", "dist", "dkd", "fitnet", "kd", "mlkd", "nst", "ofd", "pkt", "reviewkd", "rkd", "scratch", "sp", "vid"]
+
+
+@pytest.mark.slow
+@pytest.mark.paper
+@pytest.mark.parametrize("profile", sorted(CLASSIC_PAIRS))
+def test_classic_paper_pairs_on_cifar100(profile, monkeypatch, tmp_path, capsys):
+    teacher, teacher_params, student, student_params, lr = CLASSIC_PAIRS[profile]
+    disk.install_cifar(monkeypatch, tmp_path / "data", "cifar100", n_train=24, n_test=8)
+    # one step of 2 images per arm (full-size models on a 2-core CPU); CRD's 16,384 negatives need
+    # that many images, so 4 here; everything else (models, layers, weights, schedule) is the profile's
+    records, board = run_paper("classic", tmp_path / "data", tmp_path, capsys, profile=profile, sets=[
+        "train.batch_size=2", "teacher.train.batch_size=2", "method.nce_k=4"])
+    assert sorted(r["method"] for r in records) == CLASSIC_ARMS
+    for r in records:
+        check_record(r)
+        config = r["config"]
+        assert config["data"]["name"] == "cifar100" and config["data"]["augment"] == ["crop", "hflip"]
+        assert config["train"]["lr"] == lr and config["train"]["milestones"] == [150, 180, 210]
+        assert r["student"]["model"] == student and r["student"]["params"] == student_params
+        assert r["teacher"]["model"] == teacher and r["teacher"]["params"] == teacher_params
