@@ -133,3 +133,17 @@ def test_list_layers_shows_the_feature_paths(monkeypatch, tmp_path, cli):
     assert "stages: layer1, layer2, layer3" in out and "preact: layer1.0.preact, layer2.0.preact, layer3.0.preact" in out
     assert "pooled: flatten" in out
     assert re.search(r"^ +layer2\.0\.preact +Identity +128x16x16$", out, re.M)
+
+
+@pytest.mark.parametrize("name, count, keys", [
+    ("resnet32x4", 206, ["conv1.weight", "layer1.0.downsample.0.weight", "layer3.4.bn2.running_var", "fc.bias"]),
+    ("resnet56", 344, ["layer2.0.downsample.1.weight", "layer3.8.conv2.weight", "fc.weight"]),
+    ("wrn-40-2", 227, ["block1.layer.0.convShortcut.weight", "block3.layer.5.bn2.num_batches_tracked", "bn1.weight", "fc.weight"]),
+    ("vgg13-cifar", 72, ["block0.0.weight", "block0.3.bias", "block4.4.running_mean", "classifier.weight"]),
+])
+def test_teachers_take_the_references_checkpoint_keys(name, count, keys):
+    """The teachers' state dicts are named as mdistiller's / RepDistiller's (their key lists, read
+    off their definitions: the same count and these keys), so their checkpoints' "model" entries load."""
+    with torch.device("meta"):
+        state = build(name, 100, 3, 32).state_dict()
+    assert len(state) == count and all(k in state for k in keys)

@@ -4,8 +4,10 @@ stages of 16k, 32k and 64k channels, a final BN-ReLU, global average pool, one L
 
 Feature paths (``model.feature_paths``): the stages ``block1..3`` (the references' ``feats[1:]``,
 the residual sums: a pre-activation net has no ReLU at a stage's end), their pre-ReLU outputs
-``block2.0.bn1``, ``block3.0.bn1``, ``bn`` (``preact_feats[1:]``: the BN that the next ReLU
-follows) and ``flatten``, the pooled feature after the final BN-ReLU (``pooled_feat``)."""
+``block2.layer.0.bn1``, ``block3.layer.0.bn1``, ``bn1`` (``preact_feats[1:]``: the BN that the
+next ReLU follows) and ``flatten``, the pooled feature after the final BN-ReLU (``pooled_feat``).
+Parameters are named as in the references (``block1.layer.0.convShortcut``, ...), so their
+checkpoints' state dicts load as they are."""
 import math
 
 import torch.nn as nn
@@ -21,13 +23,24 @@ class BasicBlock(nn.Module):
         self.relu2 = nn.ReLU()
         self.conv2 = nn.Conv2d(out_planes, out_planes, 3, 1, 1, bias=False)
         self.equal_in_out = in_planes == out_planes
-        self.shortcut = None if self.equal_in_out else nn.Conv2d(in_planes, out_planes, 1, stride, bias=False)
+        self.convShortcut = None if self.equal_in_out else nn.Conv2d(in_planes, out_planes, 1, stride, bias=False)
 
     def forward(self, x):
         activated = self.relu1(self.bn1(x))
         out = self.conv2(self.relu2(self.bn2(self.conv1(activated))))
         # where the shape changes, the shortcut convolves the activated input (the references' order)
-        return out + (x if self.equal_in_out else self.shortcut(activated))
+        return out + (x if self.equal_in_out else self.convShortcut(activated))
+
+
+class Stage(nn.Module):
+    """The references' NetworkBlock: blocks in ``layer``, the name their checkpoints use."""
+
+    def __init__(self, blocks):
+        super().__init__()
+        self.layer = nn.Sequential(*blocks)
+
+    def forward(self, x):
+        return self.layer(x)
 
 
 class WideResNet(nn.Module):
@@ -39,10 +52,10 @@ class WideResNet(nn.Module):
         stages = []
         for i in range(3):
             stride = 1 if i == 0 else 2
-            stages.append(nn.Sequential(*[BasicBlock(channels[i] if j == 0 else channels[i + 1], channels[i + 1], stride if j == 0 else 1)
-                                          for j in range(blocks)]))
+            stages.append(Stage([BasicBlock(channels[i] if j == 0 else channels[i + 1], channels[i + 1], stride if j == 0 else 1)
+                                 for j in range(blocks)]))
         self.block1, self.block2, self.block3 = stages
-        self.bn = nn.BatchNorm2d(channels[3])
+        self.bn1 = nn.BatchNorm2d(channels[3])
         self.relu = nn.ReLU()
         self.pool = nn.AdaptiveAvgPool2d(1)  # the references' avg_pool2d(8) on 32x32 inputs
         self.flatten = nn.Flatten()
@@ -57,13 +70,13 @@ class WideResNet(nn.Module):
                 nn.init.constant_(m.bias, 0)
         self.feature_paths = {
             "stages": ["block1", "block2", "block3"],
-            "preact": ["block2.0.bn1", "block3.0.bn1", "bn"],
+            "preact": ["block2.layer.0.bn1", "block3.layer.0.bn1", "bn1"],
             "pooled": "flatten",
         }
 
     def forward(self, x):
         out = self.block3(self.block2(self.block1(self.conv1(x))))
-        return self.fc(self.flatten(self.pool(self.relu(self.bn(out)))))
+        return self.fc(self.flatten(self.pool(self.relu(self.bn1(out)))))
 
 
 def wrn_40_2(num_classes: int = 100, in_channels: int = 3):
