@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path[:0] = [str(REPO), str(REPO / "tests")]  # this checkout's kdbench, whatever is installed
 
 # what to estimate: plugin or plugin:profile (default profile "paper") -> the dataset it needs
 PLUGINS = {"hinton": "cifar10", "akd": "cifar100", "gankd": "mnist", "vkd": "cifar100"}
