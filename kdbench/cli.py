@@ -159,13 +159,13 @@ def drive(args, folder, cells, seeds, profile, options, teacher_path):
     executor.check_shared(shared)
     print(f"kdbench: {cells[0].experiment} ({profile or 'no'} profile): {len(cells)} cell(s) x {len(seeds)} seed(s) -> {args.out}")
     records, all_ok = runner.run_grid(cells, seeds, options, executor)
-    baseline = cells[0].baseline  # each gain against the experiment's baseline as its file names it now
-    print("\n" + leaderboard.render(Results(records, baseline), "md"))  # this command's grid
-    # the saved leaderboard is the whole experiment's: every record under --out, from this and
-    # earlier commands; one summary, two formats
+    # the results of the whole experiment: every record under --out, from this and earlier
+    # commands, each gain against the baseline its file names now; saved (one summary, two
+    # formats), and printed for this command's runs
     target = Path(args.out) / cells[0].experiment
     everything = list(store.iter_records([target]))
-    saved = Results(everything, baseline)
+    saved = Results(everything, cells[0].baseline)
+    print("\n" + leaderboard.render(saved.select((r["experiment"], r["cell_id"], r["seed"]) for r in records), "md"))
     for suffix in ("md", "csv"):  # atomic: another process on this --out may save it at the same time
         store.write_bytes(target / f"leaderboard.{suffix}", leaderboard.render(saved, suffix).encode())
     print(f"kdbench: leaderboard of all {len(everything)} record(s) of {cells[0].experiment} saved to {target}/leaderboard.md and .csv")

@@ -15,6 +15,7 @@
 The leaderboard (markdown, CSV, HTML), the plot and ``report``'s README blocks are renderers of
 it; none derives a pairing or an interval of its own. No torch here.
 """
+import copy
 import functools
 import json
 import math
@@ -88,6 +89,7 @@ def flatten(record):
         "direction": record["selection"]["direction"],
         "best_epoch": record["selection"]["best_epoch"],
         "teacher_top1": (teacher.get("metrics") or {}).get("top1"),
+        "teacher_hash": teacher.get("hash"),
         "params": record["student"]["params"],
         "param_ratio": record.get("param_ratio"),
         # the method's own modules (regressors, heads, memory banks), trained or kept beside the student
@@ -142,6 +144,11 @@ def teacher_rows(records):
     return rows
 
 
+def metric_columns(runs):
+    """The per-seed frame's metric columns (``top1_best``, ``fd_last``, ...)."""
+    return [c for c in runs.columns if c.endswith(("_best", "_last")) and c != "best_epoch"]
+
+
 def identity_differences(a, b, same_cell):
     """What differs between two runs' identities that a comparison of them must not hide: the code
     of the plugins both ran (kdbench's own included), the device and thread count, the number of
@@ -181,9 +188,31 @@ class Results:
         self.runs = pd.DataFrame()
         if ok:
             # a (cell, seed) found twice (two run folders, or a folder renamed by its labels) counts once
-            self.runs = pd.DataFrame([flatten(r) for r in ok]).drop_duplicates(["experiment", "cell_id", "seed"], keep="last")
+            self.set_runs(pd.DataFrame([flatten(r) for r in ok]).drop_duplicates(["experiment", "cell_id", "seed"], keep="last"))
+
+    def set_runs(self, runs):
+        """Take ``runs`` as the per-seed frame, each row with its baseline cell (``base``)."""
+        self.runs = runs.copy()
+        if not runs.empty:
             base = self.pairing()
-            self.runs["base"] = pd.Series([base[k] for k in zip(self.runs["experiment"], self.runs["cell_id"])], index=self.runs.index, dtype=object)
+            self.runs["base"] = pd.Series([base[k] for k in zip(runs["experiment"], runs["cell_id"])], index=runs.index, dtype=object)
+
+    def select(self, keys):
+        """These results restricted to the runs ``keys`` (``(experiment, cell id, seed)`` each), the
+        cells paired among themselves: the per-seed frame is filtered, nothing is read or
+        flattened again (``run`` prints its own grid's leaderboard this way and saves the whole
+        experiment's)."""
+        keys = set(keys)
+        part = copy.copy(self)
+        part.__dict__.pop("table", None)  # computed again, for the part
+        part.failed = [row for row in self.failed if (row["experiment"], row["cell_id"], row["seed"]) in keys]
+        if not self.runs.empty:
+            inside = [k in keys for k in zip(self.runs["experiment"], self.runs["cell_id"], self.runs["seed"])]
+            runs = self.runs[inside].drop(columns="base")
+            part.set_runs(runs.drop(columns=[c for c in metric_columns(runs) if runs[c].isna().all()]))  # metrics of the other runs
+            used = {(e, f"teacher-{h[:8]}") for e, h in zip(part.runs["experiment"], part.runs["teacher_hash"]) if isinstance(h, str)}
+            part.teachers = [row for row in self.teachers if (row["experiment"], row["cell_id"]) in used]
+        return part
 
     def pairing(self):
         """``{(experiment, cell id): cell id of its baseline}`` (None for the baseline itself and
@@ -279,7 +308,7 @@ class Results:
         parts = []
         if not self.runs.empty:
             runs = self.runs
-            metric_cols = [c for c in runs.columns if c.endswith(("_best", "_last")) and c != "best_epoch"]
+            metric_cols = metric_columns(runs)
             grouped = runs.groupby(KEYS, sort=False)
             table = grouped.first()[["method", "baseline", "setting", "student", "pair_key", "metric", "direction", "params", "param_ratio", "method_params", "speed_at"]].copy()
             table["status"] = "ok"

@@ -101,3 +101,18 @@ if __name__ == "__main__":
     for name, text in renders().items():
         (DATA / name).write_text(text, encoding="utf-8")
         print(f"wrote {DATA / name}")
+
+
+def test_a_selection_renders_as_the_results_of_its_records():
+    """``run`` prints its own grid's leaderboard as a selection of the whole experiment's results:
+    the same table as the results of those records alone, without reading or flattening again."""
+    from kdbench.results import Results
+
+    sets = json.loads((DATA / "records.json").read_text())
+    everything = sets["crafted"] + sets["gan"]
+    part = [r for r in everything if r.get("labels", {}).get("T") in (None, "4") and r.get("experiment") == "exp" and r.get("seed") != 3]
+    keys = [(r["experiment"], r["cell_id"], r["seed"]) for r in part]
+    for fmt in ("md", "csv"):
+        assert leaderboard.render(Results(everything).select(keys), fmt) == leaderboard.render(Results(part), fmt)
+    assert "gan-kd" not in leaderboard.render(Results(everything).select(keys))
+    assert leaderboard.render(Results(everything).select([]), "md") == "(no runs)\n"
