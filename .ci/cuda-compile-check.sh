@@ -53,6 +53,7 @@ torch.ops.load_library(sys.argv[1])
 assert torch.ops.kdbench._has_cuda(), "library built without its CUDA kernels"
 assert torch._C._dispatch_has_kernel_for_dispatch_key("kdbench::kd_kl_fwd", "CUDA")
 assert torch._C._dispatch_has_kernel_for_dispatch_key("kdbench::mse_fwd", "CUDA")
+assert torch._C._dispatch_has_kernel_for_dispatch_key("kdbench::linear_divergence_fwd", "CUDA")
 print("cuda-compile-check: library loads; CUDA kernels registered")
 PY
 echo "cuda-compile-check: OK"

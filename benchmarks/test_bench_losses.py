@@ -114,3 +114,35 @@ def test_feature_mse(benchmark, shape, impl):
             return torch.autograd.grad(fn(x, y), x)
 
     run(benchmark, step, x.numel(), f"feature_mse {'x'.join(map(str, shape))} fp32", impl=impl)
+
+
+LINEAR_DIV_SHAPES = [(256, 128, 4096, "fp32"), (256, 128, 4096, "bf16"), (1024, 256, 32000, "fp32")]
+
+
+@pytest.mark.parametrize("impl", ["fused", "eager", "compiled"])
+@pytest.mark.parametrize("case", LINEAR_DIV_SHAPES, ids=lambda c: "x".join(map(str, c[:3])) + f"-{c[3]}")
+def test_linear_divergence(benchmark, case, impl):
+    """Output layer + forward KL (teacher: hidden states and its own head), forward + backward
+    for the student's hidden states and head.  benchmarks/linear_divergence.py measures the
+    larger shapes and the peak memory."""
+    rows, hidden, vocab, dtype = case
+    dt = DTYPES[dtype]
+    h = _inputs((rows, hidden), dt).requires_grad_(True)
+    w = _inputs((vocab, hidden), dt).mul_(hidden ** -0.5).detach().requires_grad_(True)
+    th, tw = _inputs((rows, hidden), dt, seed=1), _inputs((vocab, hidden), dt, seed=2).mul_(hidden ** -0.5)
+    fn = {
+        "fused": losses.linear_divergence,
+        "eager": losses.linear_divergence_reference,
+        "compiled": compiled(losses.linear_divergence_reference),
+    }[impl]
+    if impl == "fused":
+        assert losses.backend("cpu", dt) == "fused"
+
+    def step():
+        return torch.autograd.grad(fn(h, w, teacher_hidden=th, teacher_weight=tw, temperature=2.0), (h, w))
+
+    benchmark.group = f"linear_divergence {rows}x{hidden}x{vocab} {dtype}"
+    benchmark.extra_info.update(impl=impl, threads=torch.get_num_threads(), torch=torch.__version__,
+                                cpu_isa=kdbench_ext.cpu_isa())
+    step()  # warm up (and compile)
+    benchmark.pedantic(step, rounds=3, iterations=1, warmup_rounds=0)

@@ -14,6 +14,11 @@ Ops (``torch.ops.kdbench``):
 - ``kd_kl_fwd(student, teacher, temperature, reduction, compute_grad) -> (loss, grad)``
   and ``mse_fwd(x, y, compute_grad) -> (loss, grad)``: the fused kernels, which write
   the gradient in the same pass as the loss.
+- ``linear_divergence(hidden, weight, bias, teacher_hidden, teacher_weight, teacher_bias,
+  teacher_logits, mask, divergence, param, temperature, chunk_size) -> loss``: the output
+  layer and a divergence in one chunked op (differentiable in hidden, weight, bias);
+  ``linear_divergence_fwd(..., grad_mask) -> (loss, grad_hidden, grad_weight, grad_bias)``
+  its kernel.  Divergence codes: :data:`DIVERGENCES`.
 - ``_has_cuda()``, ``_cpu_isa()``, ``_set_cpu_isa(name)``: build and dispatch details.
 
 ``reduction`` codes: 0 none, 1 batchmean, 2 sum (see :data:`REDUCTIONS`).
@@ -23,6 +28,7 @@ from __future__ import annotations
 import torch
 
 REDUCTIONS = {"none": 0, "batchmean": 1, "sum": 2}
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "total_variation")
 
 _error: BaseException | None = None
 try:
@@ -82,6 +88,17 @@ def _register_fakes() -> None:
         torch._check(x.shape == y.shape, lambda: "input shapes differ")
         grad = x.new_empty(x.shape) if compute_grad else x.new_empty((0,))
         return x.new_empty(()), grad
+
+    @torch.library.register_fake("kdbench::linear_divergence_fwd")
+    def _linear_divergence_fwd_fake(hidden, weight, bias, teacher_hidden, teacher_weight, teacher_bias,
+                                    teacher_logits, mask, divergence, param, temperature, chunk_size,
+                                    grad_mask):
+        torch._check(hidden.dim() == 2 and weight.dim() == 2, lambda: "hidden/weight must be 2-D")
+        torch._check(hidden.shape[1] == weight.shape[1], lambda: "hidden/weight sizes differ")
+        grad_h = hidden.new_empty(hidden.shape) if grad_mask[0] else hidden.new_empty((0,))
+        grad_w = weight.new_empty(weight.shape) if grad_mask[1] else weight.new_empty((0,))
+        grad_b = weight.new_empty(bias.shape) if grad_mask[2] and bias is not None else weight.new_empty((0,))
+        return hidden.new_empty(()), grad_h, grad_w, grad_b
 
 
 if _error is None:

@@ -35,12 +35,11 @@
 #include <sys/mman.h>
 #endif
 
+#include "kd_autograd.h"
 #include "kd_loss.h"
 #include "kd_loss_cpu.h"
 
 namespace kdbench {
-
-namespace ag = torch::autograd;
 
 // ---------------------------------------------------------------------------
 // Argument checks and shared helpers
@@ -361,58 +360,6 @@ std::tuple<at::Tensor, at::Tensor> mse_fwd_cpu(const at::Tensor& x, const at::Te
 // Autograd
 // ---------------------------------------------------------------------------
 
-// Creates an autograd node; torch >= 2.12 holds nodes in intrusive_ptr, older
-// releases in shared_ptr with deleteNode (found by ADL, only in that branch).
-template <typename N>
-auto make_node() {
-  if constexpr (std::is_base_of_v<c10::intrusive_ptr_target, ag::Node>) {
-    return c10::make_intrusive<N>();
-  } else {
-    return std::shared_ptr<N>(new N(), [](N* p) { deleteNode(p); });
-  }
-}
-
-// True for a plain one-element CPU tensor holding exactly 1 (read from host
-// memory: the tensor already lives there, so nothing synchronises).
-bool is_cpu_one(const at::Tensor& g) {
-  if (!g.device().is_cpu() || g.numel() != 1 || at::isTensorSubclassLike(g)) return false;
-  double v = 0.0;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, g.scalar_type(), "kdbench_is_one", [&] {
-    v = static_cast<double>(*g.const_data_ptr<scalar_t>());
-  });
-  return v == 1.0;
-}
-
-// Scales a gradient saved by the forward.  When the engine has announced that
-// this node's saved state is about to be released (no retain_graph) and no one
-// else holds the buffer, scale it in place and hand it on instead of
-// allocating a new one; with grad_output == 1 on the CPU nothing is done.
-struct SavedGrad {
-  at::Tensor grad;
-  bool releasing = false;
-
-  bool can_steal(const at::Tensor& go) const {
-    return releasing && grad.use_count() == 1 && !at::isTensorSubclassLike(grad) &&
-           !at::isTensorSubclassLike(go) && !grad.is_inference();
-  }
-
-  at::Tensor scaled(const at::Tensor& scale, const char* op) {
-    TORCH_CHECK(grad.defined(), "kdbench::", op,
-                ": trying to backward through the graph a second time, but the saved gradient "
-                "has already been freed; specify retain_graph=True the first time");
-    TORCH_CHECK(!at::GradMode::is_enabled(), "kdbench::", op,
-                ": the fused op does not support double backward (create_graph=True); "
-                "set KDBENCH_EXT=0 to use the PyTorch reference");
-    if (can_steal(scale)) {
-      at::Tensor out = std::move(grad);
-      grad = at::Tensor();
-      if (!is_cpu_one(scale)) out.mul_(scale);
-      return out;
-    }
-    return grad * scale;
-  }
-};
-
 struct KdKlBackward : public ag::Node {
   SavedGrad saved;
   int64_t reduction = kBatchMean;
@@ -517,6 +464,27 @@ at::Tensor feature_mse_composite(const at::Tensor& x, const at::Tensor& y) {
 }
 
 }  // namespace
+
+void div_rows_cpu(const at::Tensor& zs, const at::Tensor& zt, const at::Tensor& row_loss,
+                  const DivParams& p, bool want_grad) {
+  const int64_t rows = zs.size(0);
+  const int64_t C = zs.size(1);
+  cpu::DivArgs args;
+  args.s = zs.mutable_data_ptr();
+  args.t = zt.const_data_ptr();
+  args.row_loss = row_loss.mutable_data_ptr<double>();
+  args.ldt = zt.stride(0);
+  args.C = C;
+  args.kind = p.kind;
+  args.param = p.param;
+  args.inv_t = p.inv_t;
+  args.gscale = p.gscale;
+  args.want_grad = want_grad;
+  const cpu::DivRowsFn fn = active_kernels().div[dtype_index(zs.scalar_type())];
+  at::parallel_for(0, rows, std::max<int64_t>(1, kGrainElems / C),
+                   [&](int64_t b, int64_t e) { fn(args, b, e); });
+}
+
 }  // namespace kdbench
 
 TORCH_LIBRARY(kdbench, m) {

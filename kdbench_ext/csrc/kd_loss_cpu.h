@@ -38,6 +38,24 @@ struct MseArgs {
   double gscale;       // 2 / n
 };
 
+// One divergence call of linear_divergence_fwd (see kdbench::Divergence in
+// kd_loss.h): rows of C logits; `s` is contiguous ([rows, C]) and, when
+// `want_grad`, is overwritten row by row with gscale * d loss_row / d (s / T).
+struct DivArgs {
+  void* s;
+  const void* t;
+  double* row_loss;    // the row's divergence (no temperature factor)
+  int64_t ldt;
+  int64_t C;
+  int64_t kind;        // a kdbench::Divergence code
+  double param;        // beta (jsd) or lambda (skew KLs)
+  double inv_t;
+  double gscale;
+  bool want_grad;
+};
+
+// Processes rows [begin, end).
+using DivRowsFn = void (*)(const DivArgs&, int64_t begin, int64_t end);
 // Processes rows [begin, end).
 using KlRowsFn = void (*)(const KlArgs&, int64_t begin, int64_t end);
 // Processes elements [begin, end); returns sum((x - y)^2) over them.
@@ -46,6 +64,7 @@ using MseRangeFn = double (*)(const MseArgs&, int64_t begin, int64_t end);
 struct IsaKernels {
   KlRowsFn kl[kNumDTypes];
   MseRangeFn mse[kNumDTypes];
+  DivRowsFn div[kNumDTypes];
 };
 
 // Each returns false (and leaves `out` alone) when its ISA was not compiled in.

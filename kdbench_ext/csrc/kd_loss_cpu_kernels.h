@@ -386,6 +386,131 @@ double mse_range(const MseArgs& a, int64_t begin, int64_t end) {
   return a.grad ? mse_range_impl<T, true>(a, begin, end) : mse_range_impl<T, false>(a, begin, end);
 }
 
+
+// Divergence rows of linear_divergence_fwd.  Per row (u = x / T, q = softmax(u_s)
+// the student's, p = softmax(u_t) the teacher's), four sweeps over the row,
+// which stays in L2:
+//   1. the maxes M_s, M_t;
+//   2. e = exp(u - M) into two per-thread scratch rows, Z = sum e;
+//   3. q, p, log q, log p; each class's divergence term l_j and
+//      a_j = q_j * d loss / d q_j (the scratch rows now hold q and a);
+//      loss = sum l, S = sum a;
+//   4. (gradient) d loss / d u_j = a_j - q_j * S, times gscale, written over
+//      the student's logits.
+// A class whose term is a product with p = 0 (or q = 0) adds exactly 0, never
+// 0 * inf.  Sums: vector lanes within blocks of K classes, fp64 across blocks.
+template <typename T>
+void div_rows(const DivArgs& a, int64_t begin, int64_t end) {
+  using A = typename AccOf<T>::type;
+  using V = Vectorized<A>;
+  constexpr int64_t W = V::size();
+  constexpr int64_t K = 128 * W;
+  constexpr A ninf = -std::numeric_limits<A>::infinity();
+  const int64_t C = a.C;
+  const int64_t nfull = C / W * W;
+  const int64_t rem = C - nfull;
+  const int64_t cpad = nfull + (rem ? W : 0);
+  std::unique_ptr<A[]> scratch(new A[2 * cpad]);
+  A* eq = scratch.get();  // e_s, then q
+  A* ea = eq + cpad;      // e_t, then a
+  FlushDenormalsGuard ftz;
+  const A prm = static_cast<A>(a.param);
+  const V vinv(static_cast<A>(a.inv_t)), vzero(A(0)), vhalf(A(0.5)), vb(prm), vb1(A(1) - prm);
+  // Padding lanes read as -inf: e = 0, q = p = 0, every term 0.
+  auto load = [&](const T* p, int64_t i) {
+    return i < nfull ? vload(p + i) : vload_partial(p + i, rem, ninf);
+  };
+  auto where = [&](const V& mask, const V& x) { return V::blendv(vzero, x, mask); };
+  auto safe_div = [&](const V& x, const V& m) { return where(m > vzero, x / m); };
+
+  for (int64_t row = begin; row < end; ++row) {
+    T* sp = static_cast<T*>(a.s) + row * C;
+    const T* tp = static_cast<const T*>(a.t) + row * a.ldt;
+    V vms(ninf), vmt(ninf);
+    for (int64_t i = 0; i < cpad; i += W) {
+      vms = vmax_fast(vms, load(sp, i));
+      vmt = vmax_fast(vmt, load(tp, i));
+    }
+    const V vos(hmax(vms)), vot(hmax(vmt));
+    double Zs = 0.0, Zt = 0.0;
+    for (int64_t k0 = 0; k0 < cpad; k0 += K) {
+      V zs(A(0)), zt(A(0));
+      for (int64_t i = k0; i < std::min(cpad, k0 + K); i += W) {
+        const V es = vexp((load(sp, i) - vos) * vinv);
+        const V et = vexp((load(tp, i) - vot) * vinv);
+        es.store(eq + i);
+        et.store(ea + i);
+        zs = zs + es;
+        zt = zt + et;
+      }
+      Zs += hsum(zs);
+      Zt += hsum(zt);
+    }
+    const V vizs(static_cast<A>(1.0 / Zs)), vizt(static_cast<A>(1.0 / Zt));
+    const V vlzs(static_cast<A>(std::log(Zs))), vlzt(static_cast<A>(std::log(Zt)));
+    double loss = 0.0, S = 0.0;
+    for (int64_t k0 = 0; k0 < cpad; k0 += K) {
+      V lacc(A(0)), sacc(A(0));
+      for (int64_t i = k0; i < std::min(cpad, k0 + K); i += W) {
+        const V q = V::loadu(eq + i) * vizs;
+        const V p = V::loadu(ea + i) * vizt;
+        const V lq = (load(sp, i) - vos) * vinv - vlzs;
+        const V lp = (load(tp, i) - vot) * vinv - vlzt;
+        V l, g;
+        switch (a.kind) {
+          case 0:  // forward KL(p || q)
+            l = where(p > vzero, p * (lp - lq));
+            g = vzero - p;
+            break;
+          case 1:  // reverse KL(q || p)
+            l = where(q > vzero, q * (lq - lp));
+            g = l;
+            break;
+          case 2: {  // generalized JSD: beta KL(p || m) + (1 - beta) KL(q || m), m = beta p + (1 - beta) q
+            const V lm = (vb * p + vb1 * q).log();
+            const V tq = where(q > vzero, q * (lq - lm));
+            l = vb * where(p > vzero, p * (lp - lm)) + vb1 * tq;
+            g = vb1 * tq;
+            break;
+          }
+          case 3: {  // skew forward KL(p || m), m = lambda p + (1 - lambda) q
+            const V m = vb * p + vb1 * q;
+            l = where(p > vzero, p * (lp - m.log()));
+            g = vzero - vb1 * safe_div(p * q, m);
+            break;
+          }
+          case 4: {  // skew reverse KL(q || m), m = lambda q + (1 - lambda) p
+            const V m = vb * q + vb1 * p;
+            l = where(q > vzero, q * (lq - m.log()));
+            g = l - vb * safe_div(q * q, m);
+            break;
+          }
+          default: {  // total variation: sum |p - q| / 2
+            const V d = q - p;
+            l = vhalf * d.abs();
+            g = where(d > vzero, vhalf * q) - where(d < vzero, vhalf * q);
+            break;
+          }
+        }
+        q.store(eq + i);
+        g.store(ea + i);
+        lacc = lacc + l;
+        sacc = sacc + g;
+      }
+      loss += hsum(lacc);
+      S += hsum(sacc);
+    }
+    a.row_loss[row] = loss;
+    if (a.want_grad) {
+      const V vs(static_cast<A>(S)), vg(static_cast<A>(a.gscale));
+      for (int64_t i = 0; i < nfull; i += W) {
+        vstore(sp + i, vg * (V::loadu(ea + i) - V::loadu(eq + i) * vs));
+      }
+      if (rem) vstore_partial(sp + nfull, vg * (V::loadu(ea + nfull) - V::loadu(eq + nfull) * vs), rem);
+    }
+  }
+}
+
 }  // namespace
 
 bool get_kernels(IsaKernels* out) {
@@ -397,6 +522,10 @@ bool get_kernels(IsaKernels* out) {
   out->mse[kF64] = &mse_range<double>;
   out->mse[kBF16] = &mse_range<c10::BFloat16>;
   out->mse[kF16] = &mse_range<c10::Half>;
+  out->div[kF32] = &div_rows<float>;
+  out->div[kF64] = &div_rows<double>;
+  out->div[kBF16] = &div_rows<c10::BFloat16>;
+  out->div[kF16] = &div_rows<c10::Half>;
   return true;
 }
 
