@@ -130,3 +130,34 @@ def test_fused_agrees_with_reference_and_cpu():
     cpu_loss, cpu_g = kl_and_grad(s.cpu(), t.cpu(), 4.0)
     assert rel_err(loss, ref_loss) <= 1e-2 and rel_err(g, ref_g) <= 1e-2
     assert rel_err(loss, cpu_loss) <= 1e-2 and rel_err(g, cpu_g) <= 1e-2
+
+
+@pytest.mark.parametrize("divergence", losses.DIVERGENCES)
+def test_linear_divergence_matches_reference_float64(divergence):
+    """The fused linear + divergence op on CUDA: the same parity gate as on the CPU."""
+    from test_linear_divergence import loss_and_grads, problem
+
+    for bias, teacher, masked, chunk in [(True, "logits", False, None), (False, "hidden", True, 5), (True, "hidden", True, 1)]:
+        h, w, b, kw = problem(bias=bias, teacher=teacher)
+        h, w = (x.detach().to(DEV).requires_grad_(True) for x in (h, w))
+        b = b.detach().to(DEV).requires_grad_(True) if b is not None else None
+        kw = {k: v.to(DEV) for k, v in kw.items()}
+        mask = (torch.arange(23) % 3 != 0).to(DEV) if masked else None
+        args = dict(divergence=divergence, temperature=2.0, mask=mask, beta=0.3, skew=0.2, **kw)
+        loss, grads = loss_and_grads(losses.linear_divergence, h, w, b, chunk_size=chunk, **args)
+        ref_loss, ref_grads = loss_and_grads(losses.linear_divergence_reference, h, w, b, **args)
+        assert rel_err(loss, ref_loss) <= 1e-9, (bias, teacher, masked, chunk)
+        assert all(rel_err(g, r) <= 1e-9 for g, r in zip(grads, ref_grads)), (bias, teacher, masked, chunk)
+
+
+def test_linear_divergence_under_bf16_autocast():
+    from test_linear_divergence import loss_and_grads, problem
+
+    h, w, b, kw = problem(N=64, H=64, V=5000, dtype=torch.float32, teacher="hidden")
+    h, w, b = (x.detach().to(DEV).requires_grad_(True) for x in (h, w, b))
+    kw = {k: v.to(DEV) for k, v in kw.items()}
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss, grads = loss_and_grads(losses.linear_divergence, h, w, b, divergence="jsd", **kw)
+        ref_loss, ref_grads = loss_and_grads(losses.linear_divergence_reference, h, w, b, divergence="jsd", **kw)
+    assert loss.dtype == torch.bfloat16 and all(g.dtype == torch.float32 for g in grads)
+    assert rel_err(loss, ref_loss) <= 2e-2 and all(rel_err(g, r) <= 3e-2 for g, r in zip(grads, ref_grads))
