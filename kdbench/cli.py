@@ -92,7 +92,9 @@ def launch_ddp(processes, argv):
 
 
 def run_grid(args):
-    from kdbench import distributed, engine, experiment, features, loggers, runner
+    from kdbench import distributed, engine, experiment, features, loggers
+    from kdbench.schedule import RunOptions
+    from kdbench.session import Session, SessionSpec
 
     folder = check_plugin_folder(args.plugin).resolve()
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
@@ -107,17 +109,16 @@ def run_grid(args):
     if "://" in teacher_path:  # a URL: set like the file's [teacher] url and sha256, so records name it
         sets += teacher_url_sets(teacher_path)
         teacher_path = ""
-    runner.registry_for.cache_clear()  # a fresh registry, so each run verifies its teachers anew
-    registry = runner.registry_for((str(folder),), args.strict_plugins)
+    session = Session(SessionSpec((str(folder),), args.strict_plugins, args.cache, args.device))
+    registry = session.registry
     cells, seeds, profile = experiment.expand(folder, registry, grid=args.grid, sets=sets, profile=args.profile, seeds=seeds, plugin_dirs=[folder])
-    engine.resolve_device(args.device)
     engine.check_datasets(registry, cells)
     features.check_layer_options(registry, cells)
     logger_names = tuple(dict.fromkeys(name for arg in args.loggers for name in arg.split(",") if name))
     loggers.check(logger_names, registry)
-    options = runner.RunOptions(out=args.out, cache=args.cache, device=args.device, force=args.force,
-                                teacher_path=teacher_path, strict_plugins=args.strict_plugins, keep_stale=args.keep_stale,
-                                loggers=logger_names)
+    options = RunOptions(out=args.out, cache=args.cache, device=args.device, force=args.force,
+                         teacher_path=teacher_path, strict_plugins=args.strict_plugins, keep_stale=args.keep_stale,
+                         loggers=logger_names)
     if distributed.launched() and (args.workers not in (None, 1) or args.executor != "local"):
         raise ConfigError("--workers and --executor ray do not combine with --ddp (each cell already trains on several processes)")
     workers = resolve_workers(args, cells)
@@ -130,23 +131,25 @@ def run_grid(args):
         print(plan.dry_run(cells, seeds, registry, options, workers)[1])
         return 0
     if not distributed.is_main():  # DDP: rank 0 drives the grid; this rank trains its jobs with it
-        runner.follow(options)
+        from kdbench.job import follow
+
+        follow(session)
         return 0
     try:
-        return drive(args, folder, cells, seeds, profile, options, teacher_path)
+        return drive(args, session, folder, cells, seeds, profile, options, teacher_path)
     finally:
         if distributed.active():
             distributed.broadcast(None)  # the other ranks stop
 
 
-def drive(args, folder, cells, seeds, profile, options, teacher_path):
+def drive(args, session, folder, cells, seeds, profile, options, teacher_path):
     """Rank 0's (or the only process's) part of ``run``: the grid, its records and leaderboard."""
-    from kdbench import leaderboard, runner, store
+    from kdbench import leaderboard, schedule, store
     from kdbench.results import Results
     from kdbench.teachers import META, default_cache_dir
 
     if not teacher_path:  # a wrong hash or an unreachable server stops here, before any training
-        runner.download_teachers(cells, args.cache)
+        schedule.download_teachers(cells, args.cache)
     executor = make_executor(args, cells)
 
     cache_dir = Path(args.cache).expanduser().resolve() if args.cache else default_cache_dir()
@@ -158,7 +161,7 @@ def drive(args, folder, cells, seeds, profile, options, teacher_path):
             shared[f"shipped teachers {folder_of_teachers}"] = shipped
     executor.check_shared(shared)
     print(f"kdbench: {cells[0].experiment} ({profile or 'no'} profile): {len(cells)} cell(s) x {len(seeds)} seed(s) -> {args.out}")
-    records, all_ok = runner.run_grid(cells, seeds, options, executor)
+    records, all_ok = schedule.run_grid(session, cells, seeds, options, executor)
     # the results of the whole experiment: every record under --out, from this and earlier
     # commands, each gain against the baseline its file names now; saved (one summary, two
     # formats), and printed for this command's runs

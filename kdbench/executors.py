@@ -1,11 +1,12 @@
 """Executors run jobs and hand their results back to the driver: LocalExecutor (one after
 another in this process), ProcessExecutor (--workers N) and RayExecutor (--executor ray).
 
-An executor has two methods: ``map(fn, jobs)`` yields ``(job, fn(job))`` as jobs finish (or
-``(job, WorkerLost(...))`` for a job whose worker died under it), and ``placement(options)``
+An executor has two methods: ``map(fn, jobs, session)`` yields ``(job, fn(session, job))`` as
+jobs finish, ``session`` being the driver's (kdbench.session) or one each worker process builds
+from its spec (or ``(job, WorkerLost(...))`` for a job whose worker died under it), and ``placement(options)``
 says where each job will run: (device type, intra-op CPU threads per job), part of a run's
 identity; ``check_shared(paths)`` checks that its workers see the given folders;
-``map_teachers(fn, jobs)`` is ``map`` for the teachers the driver trains before the grid fans out. Jobs and
+``map_teachers(fn, jobs, session)`` is ``map`` for the teachers the driver trains before the grid fans out. Jobs and
 records are plain picklable data, so a cluster executor only has to ship them; a job writes its
 record under its run folder's lock, and a remote one's record is written again by the driver.
 """
@@ -25,9 +26,9 @@ class WorkerLost(Exception):
 class LocalExecutor:
     """Runs jobs one after another in this process (teachers and data are loaded once)."""
 
-    def map(self, fn, jobs):
+    def map(self, fn, jobs, session):
         for job in jobs:
-            yield job, fn(job)
+            yield job, fn(session, job)
 
     map_teachers = map
 
@@ -62,12 +63,12 @@ class ProcessExecutor:
 
         return resolve_device(options.device).type, self.threads
 
-    def map_teachers(self, fn, jobs):
+    def map_teachers(self, fn, jobs, session):
         """Teachers train here, in the driver, on all its threads, as without workers: a teacher's
         floats depend on its thread count, and it must not depend on --workers."""
-        return LocalExecutor().map(fn, jobs)
+        return LocalExecutor().map(fn, jobs, session)
 
-    def map(self, fn, jobs):
+    def map(self, fn, jobs, session):
         import multiprocessing
         from multiprocessing.connection import wait
 
@@ -76,7 +77,7 @@ class ProcessExecutor:
         try:
             while todo or busy:
                 while todo and len(busy) < self.workers:
-                    process, conn = idle.pop() if idle else self.start(context, fn)
+                    process, conn = idle.pop() if idle else self.start(context, fn, session.spec)
                     job = todo.popleft()
                     conn.send(job)
                     busy[conn] = process, job
@@ -109,9 +110,9 @@ class ProcessExecutor:
                     process.kill()
                     process.join()
 
-    def start(self, context, fn):
+    def start(self, context, fn, spec):
         parent, child = context.Pipe()
-        process = context.Process(target=worker_loop, args=(child, fn, self.threads, os.getpid()), daemon=True)
+        process = context.Process(target=worker_loop, args=(child, fn, self.threads, os.getpid(), spec), daemon=True)
         process.start()
         child.close()  # only the worker holds its end now: its death shows as EOF here
         return process, parent
@@ -140,10 +141,10 @@ def driver_gone():
     return DRIVER is not None and os.getppid() != DRIVER
 
 
-def worker_loop(conn, fn, threads, driver):
+def worker_loop(conn, fn, threads, driver, spec):
     """A spawned worker: ``threads`` intra-op threads and no per-run progress bars (the driver
     shows the grid's progress; several bars would fight over one terminal line); runs the jobs it
-    is sent until the driver closes the pipe. It dies with the driver, and ignores Ctrl-C: the
+    is sent in one Session built from ``spec``, until the driver closes the pipe. It dies with the driver, and ignores Ctrl-C: the
     terminal sends it to the driver too, which ends its workers quietly and says how to resume."""
     die_with(driver)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -153,14 +154,17 @@ def worker_loop(conn, fn, threads, driver):
 
     import torch
 
+    from kdbench.session import Session
+
     torch.set_num_threads(threads)
+    session = Session(spec)
     while True:
         try:
             job = conn.recv()
         except EOFError:
             return
         try:
-            conn.send(("ok", fn(job)))
+            conn.send(("ok", fn(session, job)))
         except Exception:  # a bug, not a failed run (run_job records those): the driver stops
             conn.send(("error", traceback.format_exc()))
 
@@ -243,15 +247,16 @@ class RayExecutor:
         device = "cuda" if self.gpus and options.device != "cpu" else "cpu"
         return device, max(1, int(self.cpus))
 
-    def map_teachers(self, fn, jobs):
+    def map_teachers(self, fn, jobs, session):
         """Teachers train as tasks like the cells (the driver may have no GPU)."""
-        return self.map(fn, jobs)
+        return self.map(fn, jobs, session)
 
-    def map(self, fn, jobs):
+    def map(self, fn, jobs, session):
         ray = self.ray
         task = ray.remote(run_task).options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=self.retries)
         threads = max(1, int(self.cpus))
-        pending = {task.remote(fn, shipped(job), threads): job for job in jobs}
+        spec = shipped_spec(session.spec)
+        pending = {task.remote(fn, spec, shipped(job), threads): job for job in jobs}
         try:
             while pending:
                 [ref], _ = ray.wait(list(pending), num_returns=1)
@@ -283,6 +288,16 @@ def check_reachable(address, timeout=5):
                           "start one with `ray start --head` and give the address it prints") from None
 
 
+def shipped_spec(spec):
+    """``spec`` with absolute plugin folders and teacher cache, as a worker on any node must read them."""
+    import dataclasses
+
+    from kdbench.teachers import default_cache_dir
+
+    return dataclasses.replace(spec, plugin_dirs=tuple(str(Path(d).resolve()) for d in spec.plugin_dirs),
+                               cache=str(Path(spec.cache).resolve() if spec.cache else default_cache_dir()))
+
+
 def shipped(job):
     """``job`` with absolute --out and --cache, as a worker on any node must read them."""
     import dataclasses
@@ -294,14 +309,16 @@ def shipped(job):
     return dataclasses.replace(job, options=options)
 
 
-def run_task(fn, job, threads):
-    """A Ray task: ``fn(job)`` on ``threads`` intra-op threads; a run's record comes back with its
+def run_task(fn, spec, job, threads):
+    """A Ray task: ``fn(session, job)`` in a Session built from ``spec``, on ``threads`` intra-op threads; a run's record comes back with its
     training curve, so the driver can write both where workers share no --out with it."""
     os.environ["KDBENCH_QUIET"] = "1"
     import torch
 
+    from kdbench.session import Session
+
     torch.set_num_threads(threads)
-    result = fn(job)
+    result = fn(Session(spec), job)
     if isinstance(result, dict) and "run_dir" in result:
         history = Path(result["run_dir"]) / "history.jsonl"
         result = {"record": result, "history": history.read_text() if history.exists() else ""}

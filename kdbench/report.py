@@ -146,12 +146,13 @@ def slug(args):
 
 def grid_of(root, args, seeds=None):
     """The (cell ids, seeds) that ``kdbench run ARGS`` runs from ``root``, expanded as ``run`` does."""
-    from kdbench import experiment, runner
+    from kdbench import experiment
     from kdbench.arguments import build_parser, parse_seeds
+    from kdbench.plugins import load_registry
 
     ns = build_parser().parse_args(["run", *shlex.split(args)] + (["--seeds", seeds] if seeds else []))
     folder = (Path(root) / ns.plugin).resolve()
-    registry = runner.registry_for((str(folder),), ns.strict_plugins)
+    registry = load_registry([str(folder)], strict=ns.strict_plugins or None)
     cells, seeds, _ = experiment.expand(folder, registry, grid=ns.grid, sets=ns.sets, profile=ns.profile,
                                         seeds=parse_seeds(ns.seeds) if ns.seeds else None, plugin_dirs=[folder])
     return {c.id for c in cells}, set(seeds)

@@ -90,9 +90,20 @@ class TeacherCache:
 
     def checksum(self, spec):
         """The sha256 of the checkpoint of teacher ``spec``: a cached one whose file matches its
-        meta.json, else trained (or retrained) into the cache now; a ``path`` or ``url`` is loaded
-        and checked."""
-        if not spec.get("path") and not spec.get("url") and not self.shipped(teacher_key(spec)):
+        meta.json, else trained (or retrained) into the cache now; a shipped one whose file matches
+        its meta.json (never restored or evaluated for it); a ``path`` or ``url`` is loaded and checked."""
+        shipped = None if spec.get("path") or spec.get("url") else self.shipped(teacher_key(spec))
+        if shipped:
+            if not (shipped / WEIGHTS).exists():
+                raise CheckpointError(f"shipped teacher {shipped} has no {WEIGHTS}; restore it (git checkout) or remove the folder")
+            try:
+                digest = json.loads((shipped / META).read_bytes().decode("utf-8"))["sha256"]
+                if sha256_file(shipped / WEIGHTS) != digest:
+                    raise CheckpointError("checksum mismatch")
+            except (OSError, ValueError, KeyError, TypeError, CheckpointError) as exc:
+                raise CheckpointError(f"shipped teacher {shipped} is corrupt ({type(exc).__name__}: {exc}); restore it (git checkout)") from None
+            return digest
+        if not spec.get("path") and not spec.get("url"):
             folder = self.root / teacher_key(spec)
             with store.file_lock(folder.with_suffix(".lock")):
                 try:

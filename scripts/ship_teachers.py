@@ -13,7 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from kdbench import engine, experiment, runner
+from kdbench import engine, experiment
+from kdbench.plugins import load_registry
 from kdbench.teachers import META, TeacherCache, teacher_key
 
 SHIPPED = Path(__file__).resolve().parent.parent / "teachers"
@@ -22,7 +23,7 @@ SHIPPED = Path(__file__).resolve().parent.parent / "teachers"
 def main(folders):
     with tempfile.TemporaryDirectory() as tmp:
         for folder in folders:
-            registry = runner.registry_for((folder,), True)
+            registry = load_registry([folder], strict=True)
             cells, _, _ = experiment.expand(folder, registry, plugin_dirs=[folder])
             cache = TeacherCache(tmp, registry, engine.resolve_device("cpu"))  # no stores: trained here
             specs = {teacher_key(c.config["teacher"]): c.config["teacher"] for c in cells if registry.get("methods", c.method).needs_teacher}

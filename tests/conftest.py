@@ -1,3 +1,4 @@
+import functools
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (shared 2-core machines)
@@ -162,10 +163,16 @@ def read_history(record):
 
 
 def registry_for(folder):
-    """The registry with plugin ``folder`` loaded, as a run in this process builds it."""
-    from kdbench import runner
+    """The registry with plugin ``folder`` loaded, as a run's session builds it (one per folder
+    for the test session)."""
+    return cached_registry(str(Path(folder).resolve()))
 
-    return runner.registry_for((str(Path(folder).resolve()),), False)
+
+@functools.cache
+def cached_registry(folder):
+    from kdbench.plugins import load_registry
+
+    return load_registry([folder], strict=None)
 
 
 def fake_data(n=16, size=16, val=None, augment=(), seed=0):

@@ -69,7 +69,7 @@ def test_a_killed_worker_fails_only_its_job_after_one_more_try(tmp_path, monkeyp
 
 
 def test_grid_progress_line():
-    from kdbench.runner import progress_line
+    from kdbench.schedule import progress_line
 
     assert progress_line(7, 18, 133) == "[7/18 runs] 2m13s elapsed, ~3m29s left"
     assert progress_line(0, 4, 2.4) == "[0/4 runs] 2s elapsed, time left: after the first run"

@@ -100,7 +100,7 @@ def test_toml_syntax_error_and_unknown_key_name_file_and_line(tmp_path):
 def test_cells_and_jobs_are_plain_picklable_data(setup):
     import pickle
 
-    from kdbench.runner import Job, RunOptions
+    from kdbench.schedule import Job, RunOptions
 
     folder, registry = setup
     cells, _, _ = expand(folder, registry, grid=["temperature=2,8"])

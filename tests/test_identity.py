@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import write_plugin
-from kdbench import runner
+from kdbench import identity
 from kdbench.plugins import folder_fingerprint
 
 pytestmark = pytest.mark.slow
@@ -98,11 +98,11 @@ def test_stale_reasons():
     new = {"config": "c", "seed": 0, "teacher": "t2", "plugins": {"kdbench.builtin": "k", "a": "a2", "b": "b"},
            "device": "cpu", "threads": 2}
     old = new | {"teacher": "t1", "plugins": {"kdbench.builtin": "k0", "a": "a1", "c": "c"}, "threads": 1}
-    assert runner.stale_reason(new, new) is None
-    assert runner.stale_reason(old, new) == (
+    assert identity.stale_reason(new, new) is None
+    assert identity.stale_reason(old, new) == (
         "teacher changed; device or thread count changed; plugin 'a' code changed; plugin 'b' now supplies a component; "
         "plugin 'c' no longer supplies a component; kdbench code changed")
-    assert runner.stale_reason(None, new) == "recorded before kdbench tracked run identity"
+    assert identity.stale_reason(None, new) == "recorded before kdbench tracked run identity"
 
 
 def test_the_engine_fingerprint_follows_the_code_that_computes_results(tmp_path):

@@ -7,6 +7,8 @@ and torn down with no hook left on the teacher, its extras or any of the method'
 A method that is not an arm of its plugin's experiment must train the experiment's teacher
 ([teacher] method = ...); one that is neither is a failure here: give it an arm."""
 
+import functools
+
 import pytest
 import torch
 
@@ -52,10 +54,18 @@ class Interrupted(Exception):
     pass
 
 
+@functools.cache  # one registry and teacher cache per folder for all the cases, as in one run's session
 def registry_for(folder):
-    from kdbench import runner
+    from kdbench.plugins import load_registry
 
-    return runner.registry_for((str(folder),), False)
+    return load_registry([str(folder)], strict=None)
+
+
+@functools.cache
+def teacher_cache(root, registry, device):
+    from kdbench.teachers import TeacherCache
+
+    return TeacherCache(root, registry, device)
 
 
 def cases():
@@ -98,11 +108,11 @@ def hooks(module):
 
 @pytest.mark.parametrize("folder,name", cases())
 def test_method_contract(folder, name, tmp_path, tmp_path_factory, no_onednn):
-    from kdbench import engine, runner
+    from kdbench import engine
 
     registry, spec, teacher_spec = run_spec(folder, name, tmp_path_factory)
     device = torch.device("cpu")
-    cache = runner.teacher_cache(str(tmp_path_factory.getbasetemp() / "contract-teachers"), registry, device)
+    cache = teacher_cache(str(tmp_path_factory.getbasetemp() / "contract-teachers"), registry, device)
     method_cls = registry.get("methods", name)
     teacher = cache.get(teacher_spec) if method_cls.needs_teacher else None
 

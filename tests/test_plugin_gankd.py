@@ -198,9 +198,10 @@ def test_quick_leaderboard_ranks_generators_by_fd_lower_first(quick):
 
 
 def test_paper_profile_expands_to_the_source_models():
-    from kdbench import experiment, runner
+    from kdbench import experiment
+    from kdbench.plugins import load_registry
 
-    registry = runner.registry_for((str(PLUGIN),), True)
+    registry = load_registry([str(PLUGIN)], strict=True)
     cells, _, profile = experiment.expand(PLUGIN, registry, profile="paper", plugin_dirs=[PLUGIN])
     config = next(c for c in cells if c.method == "gankd").config
     assert profile == "paper" and config["data"]["name"] == "mnist" and config["data"]["normalize"] == "symmetric"

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import paired_gain
-from kdbench import experiment, runner
+from kdbench import experiment
+from kdbench.plugins import load_registry
 from kdbench.cli import main
 from kdbench.measure import count_params as count
 from kdbench.plugins import import_plugin_folder
@@ -79,7 +80,7 @@ TINY = [
 
 
 def test_paper_profile_expands_to_the_notebook_settings():
-    registry = runner.registry_for((str(PLUGIN),), True)
+    registry = load_registry([str(PLUGIN)], strict=True)
     cells, seeds, profile = experiment.expand(PLUGIN, registry, profile="paper", plugin_dirs=[PLUGIN])
     assert profile == "paper" and [c.method for c in cells] == ["scratch", "vkd", "kd-ce", "kd-vkd"]
     config = next(c for c in cells if c.method == "kd-vkd").config

@@ -3,6 +3,8 @@ bring-your-own checkpoints, weights_only loading."""
 import json
 import shutil
 
+import pytest
+
 import torch
 
 from kdbench.zoo import MODELS
@@ -146,3 +148,18 @@ def test_a_missing_teacher_folder_is_one_line_before_training(plugin_dir, cli, t
     toml.write_text(toml.read_text().replace("[experiment]\n", "[experiment]\nteachers = \"nowhere\"\n", 1))
     code, _, err = cli("run", str(plugin_dir), *GRID)
     assert code == 2 and err.strip() == f"kdbench: error: experiment.teachers: 'nowhere' is not a folder (looked for {(plugin_dir / 'nowhere').resolve()})"
+
+
+def test_a_shipped_teachers_hash_comes_from_its_meta_file(plugin_dir, cli, tmp_path, monkeypatch):
+    """The driver learns a shipped teacher's identity from its file's hash (checked against
+    meta.json), without restoring or evaluating it: that happens once, where a run trains."""
+    from kdbench import experiment
+    from kdbench.session import Session, SessionSpec
+    from kdbench.teachers import TeacherCache
+
+    shipped = ship_teachers(plugin_dir, cli, tmp_path)
+    session = Session(SessionSpec((str(plugin_dir),), cache=str(tmp_path / "cache"), device="cpu"))
+    cells, _, _ = experiment.expand(plugin_dir, session.registry, grid=["method=soft-kd"], sets=["train.epochs=1"], plugin_dirs=[plugin_dir])
+    monkeypatch.setattr(TeacherCache, "restore", lambda *args: pytest.fail("restored to learn its hash"))
+    cache = session.teacher_cache(cells[0].teacher_stores)
+    assert cache.checksum(cells[0].config["teacher"]) == json.loads((shipped / "meta.json").read_text())["sha256"]
