@@ -27,10 +27,15 @@ class NonFiniteLoss(KDBenchError):
 
 def did_you_mean(name, choices, what):
     """One-line message for an unknown ``name`` among ``choices``, suggesting the close ones."""
+    choices = sorted(choices)
+    listing = ", ".join(choices) if choices else "(none registered)"
+    return f"unknown {what} {name!r}{close_hint(name, choices)}; valid: {listing}"
+
+
+def close_hint(name, choices, prefix=""):
+    """`` (did you mean 'x'?)`` naming the ``choices`` close to ``name`` (each shown after
+    ``prefix``, e.g. ``train.``), or "" when none is."""
     import difflib
 
-    choices = sorted(choices)
-    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
-    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
-    listing = ", ".join(choices) if choices else "(none registered)"
-    return f"unknown {what} {name!r}{hint}; valid: {listing}"
+    close = difflib.get_close_matches(name, sorted(choices), n=3, cutoff=0.5)
+    return f" (did you mean {' or '.join(repr(prefix + c) for c in close)}?)" if close else ""

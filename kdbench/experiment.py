@@ -42,7 +42,7 @@ from pathlib import Path
 from kdbench import engine
 from kdbench.config import (DataConfig, MeasureConfig, TeacherConfig, TrainConfig, check_data, check_measure, check_seeds,
                              check_train)
-from kdbench.errors import ConfigError, did_you_mean
+from kdbench.errors import ConfigError, close_hint, did_you_mean
 from kdbench.spec import (TEACHER_FIELDS, check_method_options, check_type, config_hash, default_of, field_defaults,
                           resolve_teacher, section)
 
@@ -100,7 +100,7 @@ def check_document(doc, path, text):
 
     def fail(key, valid, where):
         line = next((i + 1 for i, l in enumerate(text.splitlines()) if re.match(rf"\s*\[?{re.escape(key)}\b", l)), "?")
-        raise ConfigError(f"{path}:{line}: unknown key {key!r} in {where}; valid keys: {', '.join(sorted(valid))}")
+        raise ConfigError(f"{path}:{line}: unknown key {key!r} in {where}{close_hint(key, valid)}; valid keys: {', '.join(sorted(valid))}")
 
     def check(d, where):
         for key in d:
@@ -260,7 +260,7 @@ class Resolver:
             elif isinstance(value, dict):
                 raise ConfigError(did_you_mean(key, self.arms, f"arm in [method.{key}]"))
             else:
-                raise ConfigError(f"[method] option {key!r} belongs to no arm; valid: {', '.join(sorted(fields))} "
+                raise ConfigError(f"[method] option {key!r} belongs to no arm{close_hint(key, fields)}; valid: {', '.join(sorted(fields))} "
                                   f"(or a table [method.ARM], ARM one of {', '.join(self.arms)})")
         for key in plain:
             reach = {arm: o[key] for arm, o in own.items() if key in o and key not in scoped.get(arm, {})}
@@ -287,16 +287,16 @@ class Resolver:
                 if not option:
                     raise ConfigError(f"{key} names an arm: set its options as {key}.OPTION=VALUE")
                 if option not in own:
-                    raise ConfigError(f"method {arm!r} has no option {option!r} ({key}); valid: {', '.join(sorted(own)) or '(none)'}")
+                    raise ConfigError(f"method {arm!r} has no option {option!r} ({key}){close_hint(option, own, f'method.{arm}.')}; valid: {', '.join(sorted(own)) or '(none)'}")
                 return own[option]
             fields = self.method_fields()
             if rest not in fields:
-                raise ConfigError(f"no method of this experiment has option {rest!r}; valid: {', '.join(sorted(fields))}")
+                raise ConfigError(f"no method of this experiment has option {rest!r}{close_hint(rest, fields, 'method.')}; valid: {', '.join(sorted(fields))}")
             return fields[rest]
         if head == "student" and rest:
             options = {"model": ""} | self.model_options("students", settings.get("student.model", self.doc.get("student", {}).get("model", "")))
             if rest not in options:
-                raise ConfigError(f"unknown key {key!r}; valid student keys: {', '.join(sorted(options))}")
+                raise ConfigError(f"unknown key {key!r}{close_hint(rest, options, 'student.')}; valid student keys: {', '.join(sorted(options))}")
             return options[rest]
         if head == "teacher" and rest:
             sub, _, leaf = rest.partition(".")
@@ -306,7 +306,7 @@ class Resolver:
                 method = settings.get("teacher.method", self.doc.get("teacher", {}).get("method", "scratch"))
                 fields = field_defaults(self.registry.get("methods", method).Config)
                 if leaf not in fields:
-                    raise ConfigError(f"teacher method {method!r} has no option {leaf!r}; valid: {', '.join(sorted(fields))}")
+                    raise ConfigError(f"teacher method {method!r} has no option {leaf!r}{close_hint(leaf, fields, 'teacher.method_options.')}; valid: {', '.join(sorted(fields))}")
                 return fields[leaf]
             teacher_defaults = field_defaults(TeacherConfig)
             if rest in teacher_defaults and rest not in ("train", "data", "method_options"):
@@ -315,7 +315,7 @@ class Resolver:
             options = self.model_options("teachers", model)
             if rest not in options:
                 valid = sorted(set(teacher_defaults) | set(options))
-                raise ConfigError(f"unknown key {key!r}; valid teacher keys: {', '.join(valid)}")
+                raise ConfigError(f"unknown key {key!r}{close_hint(rest, valid, 'teacher.')}; valid teacher keys: {', '.join(valid)}")
             return options[rest]
         valid = [f"{s}.<field>" for s in ("data", "train", "measure", "method", "student", "teacher")]
         raise ConfigError(f"unknown key {key!r}; keys look like {', '.join(valid)}")
@@ -370,7 +370,7 @@ class Resolver:
 def section_default(cls, name, key):
     defaults = field_defaults(cls)
     if name not in defaults:
-        raise ConfigError(f"unknown key {key!r}; valid: {', '.join(sorted(defaults))}")
+        raise ConfigError(f"unknown key {key!r}{close_hint(name, defaults, key[:-len(name)])}; valid: {', '.join(sorted(defaults))}")
     return defaults[name]
 
 

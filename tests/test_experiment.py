@@ -54,9 +54,13 @@ def test_set_profile_seeds_and_config_key_axes(setup):
     ({"grid": ["size=huge"]}, "unknown value 'huge' for axis 'size'; valid: small, big"),
     ({"grid": ["method=softkd"]}, "did you mean 'soft-kd'"),
     ({"sets": ["train.epochs=two"]}, "train.epochs='two' is not a valid int"),
-    ({"sets": ["train.epoch=2"]}, "unknown key 'train.epoch'"),
-    ({"sets": ["method.temp=2"]}, "no method of this experiment has option 'temp'; valid: alpha, temperature"),
+    ({"sets": ["train.epoch=2"]}, "unknown key 'train.epoch' (did you mean 'train.epochs'"),
+    ({"sets": ["teacher.train.epoch=2"]}, "unknown key 'teacher.train.epoch' (did you mean 'teacher.train.epochs'"),
+    ({"sets": ["data.valsize=2"]}, "unknown key 'data.valsize' (did you mean 'data.val_size'"),
+    ({"sets": ["method.temp=2"]}, "no method of this experiment has option 'temp' (did you mean 'method.temperature'?); valid: alpha, temperature"),
     ({"sets": ["student.width=2"]}, "valid student keys: hidden, model"),
+    ({"sets": ["student.hiden=2"]}, "unknown key 'student.hiden' (did you mean 'student.hidden'?)"),
+    ({"sets": ["method.soft-kd.temprature=2"]}, "(method.soft-kd.temprature) (did you mean 'method.soft-kd.temperature'?)"),
     ({"sets": ["teacher.depth=2"]}, "unknown key 'teacher.depth'"),
     ({"sets": ["lr"]}, "expected KEY=VALUE"),
     ({"profile": "paper"}, "unknown profile 'paper'"),
@@ -94,6 +98,9 @@ def test_toml_syntax_error_and_unknown_key_name_file_and_line(tmp_path):
         expand(unknown, load_registry([unknown]))
     line = THIRD_PARTY_TOML.replace("lr = 0.002", "learning_rate = 0.002").splitlines().index("learning_rate = 0.002") + 1
     assert f"kdbench.toml:{line}: unknown key 'learning_rate' in [train]" in str(info.value)
+    typo = write_plugin(tmp_path / "typo", toml=THIRD_PARTY_TOML.replace("lr = 0.002", "lrr = 0.002"))
+    with pytest.raises(ConfigError, match=r"unknown key 'lrr' in \[train\] \(did you mean 'lr'\?\)"):
+        expand(typo, load_registry([typo]))
     assert "lr" in str(info.value)
 
 
