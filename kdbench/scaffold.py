@@ -5,12 +5,16 @@ It holds ``plugin.py`` (a documented method that trains: Hinton KD, to be turned
 ``--installable`` adds a ``pyproject.toml`` that declares the ``kdbench`` entry point, so
 ``pip install`` makes the method available to every experiment. No torch here.
 """
+import ast
+import keyword
 import re
+import shutil
 from pathlib import Path
 
 from kdbench.errors import ConfigError
 
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
+MAX_NAME = 64  # the longest file written, test_NAME.py, stays far below any file system's limit
 
 PLUGIN = '''"""__NAME__: a knowledge-distillation method for kdbench (made by `python -m kdbench new-plugin`).
 
@@ -182,19 +186,58 @@ __MODULE__ = ["kdbench.toml"]
 
 def new_plugin(name, parent=".", installable=False):
     """Write the plugin folder ``parent/name``; returns its path and the files written."""
-    if not NAME_PATTERN.fullmatch(name):
-        raise ConfigError(f"plugin name {name!r} is not valid: use lowercase letters, digits and single dashes, starting with a letter (e.g. my-kd)")
-    folder = Path(parent) / name
+    check_name(name)
+    parent = Path(parent)
+    folder = parent / name
+    if parent.exists() and not parent.is_dir():
+        raise ConfigError(f"--dir {parent} is a file, not a folder; name a folder")
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder} exists and is a file; choose another NAME or --dir")
     if folder.exists() and any(folder.iterdir()):
         raise ConfigError(f"{folder} already exists and is not empty; choose another NAME or --dir")
     module = "kdbench_" + name.replace("-", "_")
-    class_name = "".join(part.capitalize() for part in name.split("-"))
+    class_name = class_name_of(name)
     files = {"plugin.py": PLUGIN, "kdbench.toml": EXPERIMENT, f"test_{name.replace('-', '_')}.py": TEST}
     if installable:
         files |= {"pyproject.toml": PYPROJECT, "__init__.py": f'"""The {name} kdbench plugin (its hooks are in plugin.py)."""\n'}
-    folder.mkdir(parents=True, exist_ok=True)
-    for filename, template in files.items():
-        text = template.replace("__NAME__", name).replace("__CLASS__", class_name)
-        text = text.replace("__MODULE__", module).replace("__FOLDER__", str(folder))
-        (folder / filename).write_text(text)
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for filename, template in files.items():
+            text = template.replace("__NAME__", name).replace("__CLASS__", class_name)
+            text = text.replace("__MODULE__", module).replace("__FOLDER__", str(folder))
+            (folder / filename).write_text(text)
+    except OSError as exc:  # a read-only --dir, a full disk: nothing half-written stays behind
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise ConfigError(f"cannot write the plugin folder {folder}: {exc.strerror or exc}") from None
     return folder, sorted(files)
+
+
+def class_name_of(name):
+    return "".join(part.capitalize() for part in name.split("-"))
+
+
+def check_name(name):
+    """``name`` makes a plugin that runs as generated: a valid name, files the file system
+    takes, a class name that hides nothing plugin.py uses, and no method already registered
+    (a built-in such as scratch or kd, or an installed plugin's)."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise ConfigError(f"plugin name {name!r} is not valid: use lowercase letters, digits and single dashes, starting with a letter (e.g. my-kd)")
+    if len(name) > MAX_NAME:
+        raise ConfigError(f"plugin name {name[:20]}... is {len(name)} characters long; at most {MAX_NAME}")
+    class_name = class_name_of(name)
+    if keyword.iskeyword(class_name) or class_name in names_used_by_the_template():
+        raise ConfigError(f"plugin name {name!r} would name its class {class_name}, which plugin.py already uses; choose another NAME")
+    from kdbench.plugins import load_registry
+
+    methods = load_registry([], warn=lambda msg: None).tables["methods"]
+    if name in methods and methods[name].plugin != name:  # a folder may replace an installed plugin of its name
+        raise ConfigError(f"plugin name {name!r} is taken: method {name!r} is registered by {methods[name].plugin}; "
+                          f"choose another NAME (taken: {', '.join(sorted(methods))})")
+
+
+def names_used_by_the_template():
+    """The names plugin.py reads (F, Method, torch, ...): the generated class must not hide one."""
+    tree = ast.parse(PLUGIN.replace("__CLASS__", "Placeholder").replace("__NAME__", "placeholder"))
+    return {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)} - {"Placeholder", "PlaceholderConfig"}

@@ -65,3 +65,23 @@ def test_bad_names_and_existing_folders_are_one_line_errors(cli, tmp_path):
     code, _, err = cli("new-plugin", "taken", "--dir", str(tmp_path))
     assert code == 2 and "already exists and is not empty" in err
     assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
+
+
+def test_names_it_cannot_write_or_run_and_files_in_the_way_are_one_line_errors(cli, tmp_path):
+    (tmp_path / "a-file").write_text("mine")
+    cases = [
+        (["kd"], "plugin name 'kd' is taken: method 'kd' is registered by kdbench.builtin"),
+        (["scratch"], "plugin name 'scratch' is taken"),
+        (["f"], "would name its class F, which plugin.py already uses"),  # F is torch.nn.functional there
+        (["none"], "would name its class None"),
+        (["k" * 300], "is 300 characters long; at most 64"),
+        (["a-file"], "a-file exists and is a file; choose another NAME or --dir"),
+        (["my-kd", "--dir", str(tmp_path / "a-file")], "--dir " + str(tmp_path / "a-file") + " is a file, not a folder"),
+        (["my-kd", "--dir", str(tmp_path / "a-file" / "below")], "cannot write the plugin folder"),
+    ]
+    for args, message in cases:
+        if "--dir" not in args:
+            args = [*args, "--dir", str(tmp_path)]
+        code, out, err = cli("new-plugin", *args)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"] and (tmp_path / "a-file").read_text() == "mine"
