@@ -20,6 +20,19 @@ class TensorBoardLogger:
             import tensorboard  # noqa: F401  (torch.utils.tensorboard needs it)
         except ImportError:
             raise ConfigError("--log tensorboard needs the tensorboard package: pip install tensorboard") from None
+        import tempfile
+
+        try:  # a tensorboard that imports can still be broken: write and close an event file once
+            from torch.utils.tensorboard import SummaryWriter
+
+            with tempfile.TemporaryDirectory() as folder:
+                writer = SummaryWriter(log_dir=folder)
+                writer.add_scalar("check", 0.0, 1)
+                writer.close()
+        except Exception as exc:
+            reason = (str(exc).splitlines() or [""])[0]
+            raise ConfigError(f"--log tensorboard: the installed tensorboard does not work ({type(exc).__name__}: {reason}); "
+                              "reinstall it: pip install --force-reinstall tensorboard") from None
 
     def __init__(self, run_dir):
         self.log_dir = Path(run_dir) / TENSORBOARD_DIR

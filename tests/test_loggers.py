@@ -107,3 +107,23 @@ def test_a_resumed_run_replaces_the_epochs_it_logs_again(tmp_path):
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
+
+
+def test_a_broken_tensorboard_stops_before_training(plugin_dir, tmp_path):
+    """A tensorboard that imports but cannot write (here one without tensorboard.compat, as a
+    half-removed install leaves it) fails the logger's check, before any teacher or cell trains."""
+    import os
+    import subprocess
+
+    from conftest import REPO
+
+    fake = tmp_path / "site" / "tensorboard"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('__version__ = "2.20.0"\n')
+    done = subprocess.run([sys.executable, "-m", "kdbench", "run", str(plugin_dir), *GRID, "--log", "tensorboard",
+                           "--out", str(tmp_path / "runs"), "--cache", str(tmp_path / "cache")],
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(REPO)])},
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "--log tensorboard: the installed tensorboard does not work" in done.stderr and "tensorboard.compat" in done.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "cache" / "teachers").exists()
