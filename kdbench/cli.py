@@ -52,6 +52,14 @@ def check_writable_dir(path, flag):
         raise ConfigError(f"{flag} {path}: {existing} is not writable; name a folder you can write")
 
 
+def check_writable_tree(folder, flag):
+    """``folder`` can be written, and so can every folder already below it."""
+    check_writable_dir(folder, flag)
+    for below, _, _ in os.walk(Path(folder).expanduser()):
+        if not os.access(below, os.W_OK | os.X_OK):
+            raise ConfigError(f"{flag} {folder}: {below} is not writable; make it writable or name another {flag}")
+
+
 def check_writable_file(path, flag):
     """``path`` can be written as a file: its folder exists and is writable, and it is no folder."""
     path = Path(path).expanduser()
@@ -112,6 +120,7 @@ def run_grid(args):
     session = Session(SessionSpec((str(folder),), args.strict_plugins, args.cache, args.device))
     registry = session.registry
     cells, seeds, profile = experiment.expand(folder, registry, grid=args.grid, sets=sets, profile=args.profile, seeds=seeds, plugin_dirs=[folder])
+    check_writable_tree(Path(args.out) / cells[0].experiment, "--out")  # a rerun writes into what is there
     engine.check_datasets(registry, cells)
     features.check_layer_options(registry, cells)
     logger_names = tuple(dict.fromkeys(name for arg in args.loggers for name in arg.split(",") if name))

@@ -112,6 +112,18 @@ def test_unwritable_out_folder(plugin_dir, tmp_path, capsys, monkeypatch):
     assert code == 2 and "is not writable" in err and err.count("\n") == 1
 
 
+def test_unwritable_experiment_folder_inside_out_stops_before_the_teacher_trains(plugin_dir, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "runs"
+    for locked in (out / "softkd", out / "softkd" / "an-earlier-run"):  # the experiment's folder, a folder below it
+        locked.mkdir(parents=True, exist_ok=True)
+        real_access = os.access  # root may write anywhere: the folder is also reported unwritable to kdbench
+        monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))
+        code, _, err = run_cli(capsys, "run", plugin_dir, *TINY, "--out", out, "--cache", tmp_path / "cache")
+        assert code == 2 and f"{locked} is not writable" in err and err.count("\n") == 1, err
+        monkeypatch.undo()
+    assert not (tmp_path / "cache").exists() and list(out.rglob("*")) == [out / "softkd", out / "softkd" / "an-earlier-run"]
+
+
 def test_leaderboard_output_paths(tmp_path, capsys):
     (tmp_path / "runs").mkdir()
     code, _, err = run_cli(capsys, "leaderboard", tmp_path / "runs", "--plot", tmp_path / "x.xyz")
