@@ -36,7 +36,7 @@ def build_parser():
 
     lst = sub.add_parser("list", help="list registered components and the plugin that supplied each")
     lst.add_argument("kind", nargs="?", help=f"one of {', '.join(KIND_NAMES)} (default: all)")
-    lst.add_argument("--plugin", action="append", default=[], dest="plugin_dirs", metavar="DIR", help="also load this plugin folder")
+    lst.add_argument("--plugin", action="append", default=[], dest="plugin_dirs", metavar="DIR", help="also load this plugin folder, or each plugin folder in DIR (e.g. --plugin plugins; repeatable)")
     lst.add_argument("--layers", metavar="MODEL", help="list MODEL's module paths (for ctx.features) with their output shapes; kind: teachers or students")
     lst.add_argument("--dataset", default="fashion-mnist", help="the dataset that sizes the model for --layers (default fashion-mnist; e.g. synthetic)")
     add_plugin_options(lst)
@@ -63,8 +63,9 @@ def build_parser():
     new.add_argument("--dir", default=".", help="where to create the folder (default: here)")
     new.add_argument("--installable", action="store_true", help="also write a pyproject.toml declaring the kdbench entry point, for pip install")
 
-    teachers = sub.add_parser("teachers", help="list the teacher cache")
+    teachers = sub.add_parser("teachers", help="list the teachers a run can use: trained into the cache, downloaded, shipped")
     teachers.add_argument("--cache", default="", help="cache folder (default $KDBENCH_CACHE or ~/.cache/kdbench)")
+    teachers.add_argument("--plugin", action="append", default=[], dest="plugin_dirs", metavar="DIR", help="also the teachers shipped with this plugin folder, or with each plugin folder in DIR (default: ./plugins, when there is one)")
     return parser
 
 

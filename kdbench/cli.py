@@ -40,6 +40,18 @@ def check_plugin_folder(folder):
     raise ConfigError(f"plugin folder {folder!r} does not exist{hint}")
 
 
+def plugin_folders(dirs):
+    """``--plugin DIR`` for each DIR: a plugin folder (it holds plugin.py), or a folder of them."""
+    folders = []
+    for d in dirs:
+        path = check_plugin_folder(d)
+        inside = [path] if (path / "plugin.py").is_file() else sorted(p for p in path.iterdir() if (p / "plugin.py").is_file())
+        if not inside:
+            raise ConfigError(f"--plugin {d}: neither a plugin folder (it has no plugin.py) nor a folder of plugin folders")
+        folders += inside
+    return folders
+
+
 def check_writable_dir(path, flag):
     """``path`` is a folder this process can write, or can be created as one (nothing is created here)."""
     path = Path(path).expanduser()
@@ -252,7 +264,7 @@ def cmd_list(args):
 
             raise ConfigError(did_you_mean(args.kind, KIND_NAMES, "kind"))
         kinds = matches
-    registry = load_registry([check_plugin_folder(d) for d in args.plugin_dirs], strict=args.strict_plugins or None)
+    registry = load_registry(plugin_folders(args.plugin_dirs), strict=args.strict_plugins or None)
     if args.layers:
         if len(kinds) != 1 or kinds[0] not in ("teachers", "students"):
             raise ConfigError("--layers lists a classifier's module paths: use `list teachers --layers MODEL` or `list students --layers MODEL`")
@@ -263,6 +275,8 @@ def cmd_list(args):
             entry = registry.tables[kind][name]
             note = entry.metadata.get("description", "")
             print(f"  {name:<24} {entry.plugin:<18} {note}".rstrip())
+    if not args.plugin_dirs:
+        print("(built-in and installed plugins; a run also loads its plugin folder: add --plugin DIR, or --plugin plugins for every folder in plugins/)")
     return 0
 
 
@@ -364,24 +378,40 @@ def cmd_new_plugin(args):
 
 
 def cmd_teachers(args):
-    from kdbench.teachers import META, default_cache_dir
+    import time
 
-    import json
-
-    root = Path(args.cache).expanduser() if args.cache else default_cache_dir()
-    rows = []
-    for meta_path in sorted((root / "teachers").glob(f"*/{META}")):
-        try:
-            meta = json.loads(meta_path.read_text())
-            spec, metrics = meta["spec"], meta.get("trained_metrics", {})
-            score = next((f"{k}={v:.2f}" for k, v in metrics.items() if k.endswith("_best")), "")
-            rows.append([meta["key"], spec["model"], spec["data"]["name"], spec["method"], score, meta.get("created", "")])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):  # ValueError covers bad JSON and UTF-8
-            rows.append([meta_path.parent.name, "?", "?", "?", "unreadable meta.json", ""])
-    if not rows:
-        print(f"no cached teachers in {root}")
-        return 0
     from tabulate import tabulate
 
-    print(tabulate(rows, headers=["key", "model", "dataset", "trained by", "test (best val epoch)", "created"], tablefmt="github"))
+    from kdbench import experiment
+    from kdbench.teachers import META, default_cache_dir
+
+    root = Path(args.cache).expanduser() if args.cache else default_cache_dir()
+    dirs = args.plugin_dirs or (["plugins"] if Path("plugins").is_dir() else [])
+    stores = {}  # the shipped teachers' folders the plugin folders name, each once
+    for folder in plugin_folders(dirs):
+        for store in experiment.teacher_stores(folder, experiment.read_experiment(folder).get("experiment", {}).get("teachers", [])):
+            stores.setdefault(store, folder)
+    rows = [teacher_row(meta, "cache") for meta in sorted((root / "teachers").glob(f"*/{META}"))]
+    for download in sorted((root / "teachers" / "downloads").glob("*.pt")):
+        rows.append([download.stem[:16], "downloaded (sha256)", "?", "?", "?", "", time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(download.stat().st_mtime))])
+    for store, folder in stores.items():
+        rows += [teacher_row(meta, f"shipped ({os.path.relpath(store)})") for meta in sorted(Path(store).glob(f"*/{META}"))]
+    if not rows:
+        print(f"no teachers: none trained into or downloaded to {root}" + (f", none shipped with {', '.join(dirs)}" if dirs else ""))
+        return 0
+    print(tabulate(rows, headers=["key", "where", "model", "dataset", "trained by", "test (best val epoch)", "created"], tablefmt="github"))
+    print(f"(cache: {root}" + ("" if dirs else "; add --plugin DIR for the teachers a plugin folder ships") + ")")
     return 0
+
+
+def teacher_row(meta_path, where):
+    import json
+
+    try:
+        meta = json.loads(meta_path.read_text())
+        spec, metrics = meta["spec"], meta.get("trained_metrics", {})
+        score = next((f"{k}={v:.2f}" for k, v in metrics.items() if k.endswith("_best")), "")
+        return [meta["key"], where, spec["model"], spec["data"]["name"], spec["method"], score, meta.get("created", "")]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # ValueError covers bad JSON and UTF-8
+        return [meta_path.parent.name, where, "?", "?", "?", "unreadable meta.json", ""]
+

@@ -136,6 +136,18 @@ def test_list_command_shows_names_and_plugins(tmp_path, cli):
     assert code == 2 and "did you mean 'generators'" in err
 
 
+def test_list_says_how_to_include_plugins_and_takes_a_folder_of_plugin_folders(tmp_path, cli):
+    code, out, _ = cli("list", "methods")
+    assert code == 0 and "kd" in out and "add --plugin DIR, or --plugin plugins" in out
+    write_plugin(tmp_path / "plugins" / "gen", plugin=GENERATOR_PLUGIN)
+    write_plugin(tmp_path / "plugins" / "softkd")
+    (tmp_path / "plugins" / "notes").mkdir()  # no plugin.py: not a plugin, skipped
+    code, out, _ = cli("list", "--plugin", str(tmp_path / "plugins"))
+    assert code == 0 and "noise-to-image" in out and "soft-kd" in out and "add --plugin" not in out
+    code, _, err = cli("list", "--plugin", str(tmp_path / "plugins" / "notes"))
+    assert code == 2 and "neither a plugin folder (it has no plugin.py) nor a folder of plugin folders" in err and err.count("\n") == 1
+
+
 def test_every_hook_spec_is_documented_and_exercised():
     specs = [name for name, f in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("kdbench_register_")]
     assert sorted(specs) == sorted(f"kdbench_register_{kind}" for kind in KINDS)

@@ -163,3 +163,27 @@ def test_a_shipped_teachers_hash_comes_from_its_meta_file(plugin_dir, cli, tmp_p
     monkeypatch.setattr(TeacherCache, "restore", lambda *args: pytest.fail("restored to learn its hash"))
     cache = session.teacher_cache(cells[0].teacher_stores)
     assert cache.checksum(cells[0].config["teacher"]) == json.loads((shipped / "meta.json").read_text())["sha256"]
+
+
+def test_teachers_lists_the_cache_the_downloads_and_the_shipped_teachers(tmp_path, cli, monkeypatch):
+    from conftest import THIRD_PARTY_TOML, write_plugin
+
+    def meta(folder, key, model):
+        folder.mkdir(parents=True)
+        spec = {"model": model, "data": {"name": "synthetic"}, "method": "scratch"}
+        (folder / "meta.json").write_text(json.dumps({"key": key, "spec": spec, "trained_metrics": {"top1_best": 91.25}}))
+
+    plugin = write_plugin(tmp_path / "plugins" / "softkd",
+                          toml=THIRD_PARTY_TOML.replace("[experiment]\n", '[experiment]\nteachers = "shipped"\n', 1))
+    meta(plugin / "shipped" / "aaaa000011112222", "aaaa000011112222", "small-cnn")
+    meta(tmp_path / "cache" / "teachers" / "bbbb000011112222", "bbbb000011112222", "mlp")
+    (tmp_path / "cache" / "teachers" / "downloads").mkdir()
+    (tmp_path / "cache" / "teachers" / "downloads" / f"{'c' * 64}.pt").write_bytes(b"weights")
+    code, out, _ = cli("teachers", "--cache", str(tmp_path / "cache"), "--plugin", str(tmp_path / "plugins"))
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ") and "key" not in line}
+    assert code == 0 and sorted(rows) == ["aaaa000011112222", "bbbb000011112222", "c" * 16]
+    assert "shipped" in rows["aaaa000011112222"] and "small-cnn" in rows["aaaa000011112222"] and "top1_best=91.25" in rows["aaaa000011112222"]
+    assert "| cache " in rows["bbbb000011112222"] and "downloaded" in rows["c" * 16]
+    monkeypatch.chdir(tmp_path)  # by default, the teachers the plugin folders in ./plugins ship
+    code, out, _ = cli("teachers", "--cache", str(tmp_path / "cache"))
+    assert code == 0 and "aaaa000011112222" in out and "shipped (plugins/softkd/shipped)" in out
