@@ -61,6 +61,30 @@ def kdbench_register_students(register):
     register("linear-student", linear_student)
 '''
 
+# The plugin above with a hold for tests that stop a run: with $KDBENCH_TEST_HOLD set to
+# "TEMPERATURE:EPOCH:FILE", the soft-kd run of that temperature creates FILE at its first step of
+# that (0-based) epoch and then waits there until it is interrupted or killed. The test acts once
+# FILE exists, at a known point however loaded the machine is, never after a guessed delay.
+HOLDING_PLUGIN = THIRD_PARTY_PLUGIN + '''
+
+import os
+import time
+
+train_step_as_written = SoftKD.train_step
+
+
+def train_step_with_hold(self, batch):
+    temperature, epoch, marker = (os.environ.get("KDBENCH_TEST_HOLD") or "-1:-1:").split(":", 2)
+    if self.config.temperature == float(temperature) and self.ctx.epoch == int(epoch):
+        open(marker, "w").close()
+        while True:  # until SIGINT (a KeyboardInterrupt here) or SIGKILL
+            time.sleep(0.1)
+    return train_step_as_written(self, batch)
+
+
+SoftKD.train_step = train_step_with_hold
+'''
+
 THIRD_PARTY_TOML = '''
 [experiment]
 name = "softkd"

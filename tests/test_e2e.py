@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import REPO, THIRD_PARTY_PLUGIN, write_plugin
+from conftest import HOLDING_PLUGIN, REPO, THIRD_PARTY_PLUGIN, write_plugin
 
 pytestmark = pytest.mark.slow
 
@@ -57,44 +57,52 @@ def test_third_party_grid_end_to_end(plugin_dir, cli, tmp_path):
     assert code == 0 and "12 finished run(s) reused" in out
 
 
-def test_ctrl_c_then_rerun_resumes(tmp_path):
-    folder = write_plugin(tmp_path / "softkd")
-    env = dict(os.environ, PYTHONPATH=str(REPO), KDBENCH_QUIET="1")
-    command = [sys.executable, "-m", "kdbench", "run", str(folder), "--grid", "temperature=2,4,8", "--seeds", "0",
-               "--set", "train.epochs=4", "--out", str(tmp_path / "runs"), "--cache", str(tmp_path / "cache")]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while not list((tmp_path / "runs").rglob("record.json")):  # wait for the first finished run
-        assert proc.poll() is None, proc.communicate()
+def start_held(command, tmp_path, hold):
+    """Start ``command`` with the soft-kd run ``hold`` = (temperature, 0-based epoch) held at its
+    first step of that epoch (conftest.HOLDING_PLUGIN); returns the process once it is there."""
+    marker = tmp_path / "held"
+    env = dict(os.environ, PYTHONPATH=str(REPO), KDBENCH_QUIET="1", KDBENCH_TEST_HOLD=f"{hold[0]}:{hold[1]}:{marker}")
+    log = open(tmp_path / "held.log", "w+")
+    proc = subprocess.Popen(command, env=env, stdout=log, stderr=log, text=True)
+    while not marker.exists():
+        assert proc.poll() is None, (tmp_path / "held.log").read_text()
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate()
-    assert proc.returncode == 130 and "Rerun the same command to resume" in err
-    finished = len(list((tmp_path / "runs").rglob("record.json")))
-    assert 1 <= finished < 4
+    return proc
 
+
+def test_ctrl_c_then_rerun_resumes(tmp_path):
+    folder = write_plugin(tmp_path / "softkd", plugin=HOLDING_PLUGIN)
+    command = [sys.executable, "-m", "kdbench", "run", str(folder), "--grid", "temperature=2,4,8", "--seeds", "0",
+               "--set", "train.epochs=3", "--out", str(tmp_path / "runs"), "--cache", str(tmp_path / "cache")]
+    proc = start_held(command, tmp_path, (8, 1))  # the last cell, in its second epoch
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait() == 130, (tmp_path / "held.log").read_text()
+    assert "Rerun the same command to resume" in (tmp_path / "held.log").read_text()
+    finished = [json.loads(p.read_text())["labels"] for p in (tmp_path / "runs").rglob("record.json")]
+    assert sorted(labels.get("temperature", "-") for labels in finished) == ["-", "2", "4"]
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), KDBENCH_QUIET="1")
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert f"{finished} finished run(s) reused" in done.stdout
+    assert "3 finished run(s) reused" in done.stdout and "resuming" in done.stderr and "after epoch" in done.stderr
     assert len(list((tmp_path / "runs").rglob("record.json"))) == 4
 
 
 def test_killed_run_resumes_from_its_checkpoint(tmp_path):
-    folder = write_plugin(tmp_path / "softkd")
-    env = dict(os.environ, PYTHONPATH=str(REPO), KDBENCH_QUIET="1")
-    command = [sys.executable, "-m", "kdbench", "run", str(folder), "--grid", "method=scratch", "--seeds", "0",
-               "--set", "train.epochs=30", "--out", str(tmp_path / "runs"), "--cache", str(tmp_path / "cache")]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not list((tmp_path / "runs").rglob("checkpoint.pt")):
-        assert proc.poll() is None
-        time.sleep(0.05)
+    folder = write_plugin(tmp_path / "softkd", plugin=HOLDING_PLUGIN)
+    command = [sys.executable, "-m", "kdbench", "run", str(folder), "--grid", "method=soft-kd", "--seeds", "0",
+               "--set", "train.epochs=4", "--out", str(tmp_path / "runs"), "--cache", str(tmp_path / "cache")]
+    proc = start_held(command, tmp_path, (4, 2))  # checkpointed after epochs 1 and 2, in the third
     proc.kill()
     proc.wait()
     history = next((tmp_path / "runs").rglob("history.jsonl"))
+    assert [json.loads(l)["epoch"] for l in history.read_text().splitlines()] == [1, 2]
+    env = dict(os.environ, PYTHONPATH=str(REPO), KDBENCH_QUIET="1")
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert "resuming" in done.stderr and "after epoch" in done.stderr
+    assert "resuming" in done.stderr and "after epoch 2" in done.stderr
     epochs = [json.loads(l)["epoch"] for l in history.read_text().splitlines()]
-    assert epochs == list(range(1, 31))  # resumed: every epoch logged once
+    assert epochs == [1, 2, 3, 4]  # resumed: every epoch logged once
     assert not list((tmp_path / "runs").rglob("checkpoint.pt"))  # removed once the run finished
 
 
