@@ -4,8 +4,6 @@ import re
 
 import pytest
 
-import pytest
-
 from conftest import REPO
 from kdbench import plan
 from kdbench.cli import main
@@ -15,7 +13,6 @@ pytestmark = pytest.mark.slow
 PLUGIN = REPO / "plugins" / "hinton"
 
 
-@pytest.mark.slow
 def test_dry_run_extrapolates_its_timed_steps_to_the_grid(tmp_path, capsys, monkeypatch):
     """The estimate is the timed step and validation pass scaled to the configured epochs, steps
     and passes. Timings are pinned here (a test asserts no speed: how close the estimate comes to a
