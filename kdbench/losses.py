@@ -82,7 +82,8 @@ def _init() -> tuple:
             if kdbench_ext.available():
                 _KL_OP = torch.ops.kdbench.kd_kl_loss.default
                 _MSE_OP = torch.ops.kdbench.feature_mse.default
-                _LINEAR_DIV_OP = torch.ops.kdbench.linear_divergence.default
+                # None from a library built before the op existed (rebuild it): the reference then
+                _LINEAR_DIV_OP = getattr(torch.ops.kdbench, "linear_divergence", None)
                 status.update(loaded=True, cuda=kdbench_ext.has_cuda(), cpu_isa=kdbench_ext.cpu_isa())
                 devices = ("cpu", "cuda") if status["cuda"] else ("cpu",)
             else:
@@ -320,6 +321,7 @@ def linear_divergence(hidden, weight, bias=None, *, teacher_logits=None, teacher
     fused = (
         not isinstance(temperature, torch.Tensor)
         and _fused_ok(hidden, weight)
+        and _LINEAR_DIV_OP is not None
         and all(x.dtype == hidden.dtype and x.device == hidden.device for x in student)
         and all(x.dtype in _FUSED_DTYPES and x.device == hidden.device and x.layout == torch.strided for x in teacher)
         and not (torch.is_grad_enabled() and any(x.requires_grad for x in teacher))
