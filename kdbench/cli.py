@@ -146,8 +146,10 @@ def run_grid(args):
     # everything above is checked by --dry-run too; it also loads every teacher that is a file
     # (--teacher PATH, shipped, downloaded) as the run would, so a bad one is the same error
     if args.dry_run:  # before any teacher download: a dry run writes nothing
-        from kdbench import plan
+        from kdbench import executors, plan
 
+        if args.executor == "ray":  # what run checks as it starts the executor, without starting Ray
+            executors.check_ray_options(args.ray_address, args.cpus_per_cell, args.gpus_per_cell, args.device)
         print(f"kdbench: {cells[0].experiment} ({profile or 'no'} profile): timing a few steps of each configuration ...")
         print(plan.dry_run(cells, seeds, registry, options, workers)[1])
         return 0

@@ -177,16 +177,7 @@ class RayExecutor:
     lost with its worker or node is retried (``retries`` times), then handed back as WorkerLost."""
 
     def __init__(self, address="", cpus=1.0, gpus=0.0, device="auto", retries=3):
-        import importlib.util
-
-        if importlib.util.find_spec("ray") is None:
-            raise ConfigError("--executor ray needs Ray: pip install -e '.[ray]' (or pip install ray)")
-        if cpus <= 0 or gpus < 0:
-            raise ConfigError(f"--cpus-per-cell {cpus:g} / --gpus-per-cell {gpus:g}: give cpus > 0 and gpus >= 0")
-        if device == "cuda" and not gpus:
-            raise ConfigError("--device cuda with --executor ray needs --gpus-per-cell > 0 (Ray hides the GPUs from tasks that ask for none)")
-        if "ray" not in sys.modules:  # no cluster joined yet: a dead address fails here, Ray retries it for minutes
-            check_reachable(address)
+        check_ray_options(address, cpus, gpus, device)
         import ray
 
         self.ray, self.cpus, self.gpus, self.retries = ray, cpus, gpus, retries
@@ -271,6 +262,20 @@ class RayExecutor:
         finally:  # on Ctrl-C or an error: cancel what has not finished; finished records stay
             for ref in pending:
                 ray.cancel(ref, force=True)
+
+
+def check_ray_options(address, cpus, gpus, device):
+    """What --executor ray needs before it starts or joins a cluster (``run --dry-run`` checks it too)."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise ConfigError("--executor ray needs Ray: pip install -e '.[ray]' (or pip install ray)")
+    if cpus <= 0 or gpus < 0:
+        raise ConfigError(f"--cpus-per-cell {cpus:g} / --gpus-per-cell {gpus:g}: give cpus > 0 and gpus >= 0")
+    if device == "cuda" and not gpus:
+        raise ConfigError("--device cuda with --executor ray needs --gpus-per-cell > 0 (Ray hides the GPUs from tasks that ask for none)")
+    if "ray" not in sys.modules:  # no cluster joined yet: a dead address fails here, Ray retries it for minutes
+        check_reachable(address)
 
 
 def check_reachable(address, timeout=5):

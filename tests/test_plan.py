@@ -59,3 +59,13 @@ def test_dry_run_shares_the_runs_among_the_workers(tmp_path, capsys):
     assert plan.runs_wall_seconds(rows) == 50.0
     assert plan.runs_wall_seconds(rows, 2) == 30.0  # the longest run, not 25
     assert plan.runs_wall_seconds(rows + [{"per_run_s": 10.0, "todo": [0, 1, 2, 3]}], 2) == 45.0
+
+
+def test_dry_run_stops_where_run_stops(plugin_dir, cli):
+    """The dry run makes the checks run makes before training, with the same one-line error: here
+    the Ray executor's options (checked without starting Ray); teacher files: test_teachers.py."""
+    for bad in (["--cpus-per-cell", "0"], ["--gpus-per-cell", "-1"]):
+        args = ("run", str(plugin_dir), "--seeds", "0", "--executor", "ray", *bad)
+        code, _, err = cli(*args)
+        assert code == 2 and err.count("\n") == 1, err
+        assert cli(*args, "--dry-run")[::2] == (code, err)
