@@ -9,7 +9,6 @@ rounding stays far below what changes a prediction: the per-epoch training losse
 relative (measured: 3e-7) and the test accuracy agrees to half a point (5 of the 1,000 synthetic
 test images; measured: identical).
 """
-import json
 import os
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, THIRD_PARTY_PLUGIN, THIRD_PARTY_TOML, write_plugin
+from conftest import REPO, THIRD_PARTY_PLUGIN, THIRD_PARTY_TOML, read_history, read_records, write_plugin
 
 pytestmark = pytest.mark.ddp
 
@@ -57,11 +56,7 @@ def kdbench(*args, cwd, ddp=False):
 
 
 def records(out):
-    return {(r["method"], r["seed"]): r for r in (json.loads(p.read_text()) for p in Path(out).rglob("record.json"))}
-
-
-def history(record):
-    return [json.loads(line) for line in (Path(record["run_dir"]) / "history.jsonl").read_text().splitlines()]
+    return {(r["method"], r["seed"]): r for r in read_records(out)}
 
 
 def test_ddp_matches_one_process_and_refuses_methods_it_cannot_split(tmp_path):
@@ -76,7 +71,7 @@ def test_ddp_matches_one_process_and_refuses_methods_it_cannot_split(tmp_path):
     one, two = records(tmp_path / "one")[("soft-kd", 0)], records(tmp_path / "two")
     kd = two[("soft-kd", 0)]
     assert kd["status"] == "ok" and kd["identity"]["processes"] == 2 and "processes" not in one["identity"]
-    for a, b in zip(history(one), history(kd), strict=True):
+    for a, b in zip(read_history(one), read_history(kd), strict=True):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
     assert abs(kd["metrics"]["top1_best"] - one["metrics"]["top1_best"]) <= 0.5
     assert abs(kd["metrics"]["top1_last"] - one["metrics"]["top1_last"]) <= 0.5

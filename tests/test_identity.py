@@ -1,12 +1,11 @@
 """Run identity: a finished record is reused only while its config, seed, teacher checkpoint,
 plugin code and placement are unchanged; stale records are rerun, or kept and marked."""
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import write_plugin
+from conftest import read_records, write_plugin
 from kdbench import identity
 from kdbench.plugins import folder_fingerprint
 
@@ -18,7 +17,7 @@ FAST = ["--seeds", "0", "--set", "student.model=mlp", "--set", "student.hidden=1
 
 
 def records(tmp_path):
-    return {r["method"]: r for r in map(json.loads, map((lambda p: p.read_text()), (tmp_path / "runs").rglob("record.json")))}
+    return {r["method"]: r for r in read_records(tmp_path / "runs")}
 
 
 def test_fingerprint_covers_sources_only(tmp_path):

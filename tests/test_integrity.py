@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, THIRD_PARTY_TOML, write_plugin
+from conftest import REPO, THIRD_PARTY_TOML, read_records, write_plugin
 from kdbench.cli import main
 
 TINY = ("--seeds", "0", "--set", "train.epochs=1")
@@ -150,7 +150,7 @@ def test_teachers_lists_a_meta_without_spec(tmp_path, capsys):
 
 
 def records_by_seed(root):
-    return {json.loads(p.read_text())["seed"]: json.loads(p.read_text()) for p in Path(root).rglob("record.json")}
+    return {r["seed"]: r for r in read_records(root)}
 
 
 def test_corrupt_checkpoint_restarts_from_scratch_with_the_clean_metrics(plugin_dir, tmp_path, capsys, monkeypatch):

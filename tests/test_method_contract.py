@@ -5,7 +5,9 @@ resumed from the checkpoint to the identical result and module states, evaluated
 and torn down with no hook left on the teacher, its extras or any of the method's modules.
 
 A method that is not an arm of its plugin's experiment must train the experiment's teacher
-([teacher] method = ...); one that is neither is a failure here: give it an arm."""
+([teacher] method = ...); one that is neither is a failure here: give it an arm. The built-ins
+run in the fast tier; the plugins' methods are marked slow (`python -m pytest -m "not slow"`
+leaves them out, the full suite runs them)."""
 
 import functools
 

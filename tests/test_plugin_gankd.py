@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import paired_gain
+from conftest import paired_gain, read_history
 from kdbench.plugins import import_plugin_folder
 
 PLUGIN = Path(__file__).resolve().parents[1] / "plugins" / "gankd"
@@ -145,7 +145,7 @@ def test_quick_gankd_student_lands_closer_to_the_teacher(quick):
     for r in records:
         m = r["metrics"]
         assert (r["selection"]["metric"], r["selection"]["direction"]) == ("fd", "min")
-        assert r["selection"]["val_best"] == min(h["val_fd"] for h in history(r))  # the best epoch: lowest val FD
+        assert r["selection"]["val_best"] == min(h["val_fd"] for h in read_history(r))  # the best epoch: lowest val FD
         assert 0 < m["real_fd_last"] < m["fd_last"]  # two real sets are closer than any generator here
         assert 0 < m["coverage_last"] <= 1
         assert r["student"]["params"] == 58_720 and r["student"]["kind"] == "generator"
@@ -153,10 +153,7 @@ def test_quick_gankd_student_lands_closer_to_the_teacher(quick):
         assert r["teacher"]["params"] == 127_456 and r["teacher"]["method"] == "dcgan"
 
 
-def history(record):
-    return [json.loads(line) for line in (Path(record["run_dir"]) / "history.jsonl").read_text().splitlines()]
-
-
+@pytest.mark.slow
 def test_quick_sample_grids_are_saved(quick):
     from PIL import Image
 
@@ -167,6 +164,7 @@ def test_quick_sample_grids_are_saved(quick):
                 assert image.size == (8 * 29 + 1, 8 * 29 + 1)  # 8 x 8 images of 28 px, 1 px padding
 
 
+@pytest.mark.slow
 def test_quick_teacher_and_classifier_are_cached_like_teachers(quick):
     _, out = quick
     metas = [json.loads(p.read_text()) for p in (out / "cache" / "teachers").glob("*/meta.json")]
@@ -180,6 +178,7 @@ def test_quick_teacher_and_classifier_are_cached_like_teachers(quick):
     assert set(saved) == {"model", "discriminator"}
 
 
+@pytest.mark.slow
 def test_quick_leaderboard_ranks_generators_by_fd_lower_first(quick):
     _, out = quick
     board = (out / "runs" / "gankd" / "leaderboard.md").read_text()

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import paired_gain
+from conftest import paired_gain, read_records
 from kdbench import experiment
 from kdbench.plugins import load_registry
 from kdbench.cli import main
@@ -19,10 +19,6 @@ from kdbench.plugins import import_plugin_folder
 PLUGIN = Path(__file__).resolve().parents[1] / "plugins" / "vkd"
 plugin = import_plugin_folder(PLUGIN)
 from kdbench_plugins.vkd import models  # noqa: E402  (importable once the folder is loaded)
-
-
-def records(out):
-    return [json.loads(p.read_text()) for p in Path(out).rglob("record.json")]
 
 
 def mean(values):
@@ -106,7 +102,7 @@ def test_paper_profile_runs_one_step_at_a_tiny_size(tmp_path, capsys, cgan):
     code = main(["run", str(PLUGIN), "--profile", "paper", "--seeds", "0", *sets,
                  "--out", str(tmp_path / "runs"), "--cache", str(tmp_path / "cache"), "--device", "cpu"])
     assert code == 0, capsys.readouterr().err
-    done = records(tmp_path / "runs")
+    done = read_records(tmp_path / "runs")
     assert sorted(r["method"] for r in done) == ["kd-ce", "kd-vkd", "scratch", "vkd"]
     assert all(r["status"] == "ok" for r in done)
     vkd = next(r for r in done if r["method"] == "vkd")
@@ -140,7 +136,7 @@ def quick(tmp_path_factory):
     code = main(["run", str(PLUGIN), "--grid", "method=scratch,kd-vkd", "--seeds", "0,1,2",
                  "--out", str(out / "runs"), "--cache", str(out / "cache"), "--device", "cpu"])
     assert code == 0
-    return records(out / "runs"), out
+    return read_records(out / "runs"), out
 
 
 @pytest.mark.claims
@@ -154,6 +150,7 @@ def test_quick_kd_vkd_beats_scratch(quick):
     assert gain.n == 3 and gain.low > 0, gain
 
 
+@pytest.mark.slow
 def test_quick_generator_mimics_the_teacher(quick):
     done, out = quick
     teacher = next(r for r in done if r["method"] == "kd-vkd")["teacher"]

@@ -7,6 +7,7 @@ import pytest
 
 import torch
 
+from conftest import read_records
 from kdbench.zoo import MODELS
 
 GRID = ("--grid", "method=soft-kd", "--grid", "temperature=2,4", "--seeds", "0", "--set", "train.epochs=1")
@@ -21,7 +22,7 @@ def cached_files(tmp_path):
 
 
 def records(tmp_path):
-    return [json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("record.json")]
+    return read_records(tmp_path / "runs")
 
 
 def test_teacher_is_trained_once_and_reused(plugin_dir, cli, tmp_path):
