@@ -219,7 +219,7 @@ def test_list_layers_shows_module_paths_and_output_shapes(cli):
 def test_readme_feature_example_runs(tmp_path, cli):
     from conftest import REPO
 
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "plugins.md").read_text()
     code = readme.split("```python\n# hintplugin/plugin.py\n", 1)[1].split("```", 1)[0]
     assert len(code.strip().splitlines()) < 100
     toml = HINT_TOML.replace('methods = ["hint"]', 'methods = ["scratch", "kd", "hint"]').replace(
@@ -336,7 +336,7 @@ def test_layer_options_are_checked_before_any_training(tmp_path, cli):
     the valid paths; no teacher trained, no run folder written."""
     from conftest import REPO
 
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "plugins.md").read_text()
     code = readme.split("```python\n# hintplugin/plugin.py\n", 1)[1].split("```", 1)[0]
     folder = write_plugin(tmp_path / "hintplugin", code, HINT_TOML)
     code, _, err = cli("run", str(folder), "--seeds", "0", "--set", "method.teacher_layer=99")
