@@ -133,8 +133,8 @@ def run_grid(args):
     registry = session.registry
     cells, seeds, profile = experiment.expand(folder, registry, grid=args.grid, sets=sets, profile=args.profile, seeds=seeds, plugin_dirs=[folder])
     check_writable_tree(Path(args.out) / cells[0].experiment, "--out")  # a rerun writes into what is there
-    engine.check_datasets(registry, cells)
-    features.check_layer_options(registry, cells)
+    engine.check_datasets(session.data, cells)
+    features.check_layer_options(session.data, cells)
     logger_names = tuple(dict.fromkeys(name for arg in args.loggers for name in arg.split(",") if name))
     loggers.check(logger_names, registry)
     options = RunOptions(out=args.out, cache=args.cache, device=args.device, force=args.force,
@@ -295,7 +295,7 @@ def list_layers(registry, kind, name, dataset):
 
     registry.model_factory(kind, name)  # unknown names are one-line errors listing the valid ones
     registry.get("datasets", dataset)
-    data = engine.load_data(registry, dataclasses.asdict(DataConfig(name=dataset, val_size=0)), torch.device("cpu"))
+    data = engine.DataCache(registry).bundle(dataclasses.asdict(DataConfig(name=dataset, val_size=0)), torch.device("cpu"))
     model = registry.build_model(kind, name, data.info)
     images, _ = next(iter(data.batches("test", 2)))
     shapes = output_shapes(model, images)

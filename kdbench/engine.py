@@ -18,7 +18,6 @@ the runner, the grid's checks) calls them: ``check_steps`` and ``steps_per_epoch
 """
 import contextlib
 import copy
-import functools
 import hashlib
 import io
 import json
@@ -251,36 +250,35 @@ def progress(total, desc):
     return tqdm(total=total, desc=desc, leave=False, disable=bool(quiet), dynamic_ncols=True)
 
 
-@functools.lru_cache(maxsize=8)
-def load_raw(registry, data_json):
-    from kdbench.config import DataConfig
+class DataCache:
+    """The datasets one session (or dry run) has loaded: each source read once, each split and
+    subset built once per device. Nothing is cached at module level."""
 
-    cfg = DataConfig(**json.loads(data_json))
-    return registry.get("datasets", cfg.name)(cfg)
+    def __init__(self, registry):
+        self.registry, self.sources, self.bundles = registry, {}, {}
+
+    def source(self, data_cfg):
+        """The raw dataset of ``data_cfg`` (a DataConfig dict), as its plugin loads it."""
+        from kdbench.config import DataConfig
+
+        source = {k: v for k, v in data_cfg.items() if k in DATA_SOURCE_KEYS}
+        key = json.dumps(source, sort_keys=True)
+        if key not in self.sources:
+            self.sources[key] = self.registry.get("datasets", source["name"])(DataConfig(**source))
+        return self.sources[key]
+
+    def bundle(self, data_cfg, device):
+        """The dataset of ``data_cfg`` split, subset and on ``device``."""
+        from kdbench.config import DataConfig
+        from kdbench.data import DataBundle
+
+        key = (json.dumps(data_cfg, sort_keys=True), str(device))
+        if key not in self.bundles:
+            self.bundles[key] = DataBundle.build(self.source(data_cfg), DataConfig(**data_cfg), device)
+        return self.bundles[key]
 
 
-@functools.lru_cache(maxsize=8)
-def load_bundle(registry, data_json, device):
-    """The dataset of ``data_json`` (a DataConfig as JSON) split, subset and on ``device``."""
-    from kdbench.config import DataConfig
-    from kdbench.data import DataBundle
-
-    cfg = DataConfig(**json.loads(data_json))
-    source = {k: v for k, v in json.loads(data_json).items() if k in DATA_SOURCE_KEYS}
-    return DataBundle.build(load_raw(registry, json.dumps(source, sort_keys=True)), cfg, device)
-
-
-def load_source(registry, data_cfg):
-    """The raw dataset of ``data_cfg`` (a DataConfig dict), loaded once per source."""
-    source = {k: v for k, v in data_cfg.items() if k in DATA_SOURCE_KEYS}
-    return load_raw(registry, json.dumps(source, sort_keys=True))
-
-
-def load_data(registry, data_cfg, device):
-    return load_bundle(registry, json.dumps(data_cfg, sort_keys=True), device)
-
-
-def check_datasets(registry, cells):
+def check_datasets(data_cache, cells):
     """Load every dataset a grid uses once and check its split sizes, so that a missing dataset or
     a subset larger than the data stops the grid before any training."""
     from kdbench.config import DataConfig
@@ -289,15 +287,17 @@ def check_datasets(registry, cells):
     for cell in cells:
         for cfg in (cell.config["data"], (cell.config["teacher"] or {}).get("data")):
             if cfg:
-                check_sizes(load_source(registry, cfg), DataConfig(**cfg))
+                check_sizes(data_cache.source(cfg), DataConfig(**cfg))
 
 
-def prepare(*, registry, role, model_spec, method_name, method_options, data_cfg, train_cfg, seed, device, run_dir, teacher=None, teacher_loader=None, ddp=False):
-    """Seed, build the model (``role``: teachers or students) and its method on the device.
+def prepare(*, registry, role, model_spec, method_name, method_options, data_cfg, data_cache, train_cfg, seed, device, run_dir, teacher=None,
+            teacher_loader=None, ddp=False):
+    """Seed, build the model (``role``: teachers or students) and its method on the device, on the
+    data of ``data_cfg`` from ``data_cache`` (a DataCache).
     Returns (method, ctx), ready for ``train`` or for loading saved module states. ``ddp``: this
     process is one of several training the cell together (kdbench.distributed)."""
     seed_everything(seed)
-    data = load_data(registry, data_cfg, device)
+    data = data_cache.bundle(data_cfg, device)
     options = {k: v for k, v in model_spec.items() if k != "model"}
     model = registry.build_model(role, model_spec["model"], data.info, **options)
     if ddp and device.type == "cuda":  # batch statistics over the whole global batch

@@ -70,14 +70,15 @@ def output_shapes(model, inputs, paths=None):
     return shapes
 
 
-def check_layer_options(registry, cells):
+def check_layer_options(data_cache, cells):
     """Before any training: every module path that a cell's method names in one of its
     ``layer_options`` is a submodule of that model, or a one-line ConfigError naming the option,
     teacher or student, the model and the valid paths."""
     import json
 
-    from kdbench.engine import load_source
     from kdbench.spec import model_options
+
+    registry = data_cache.registry
 
     models = {}  # one throwaway build per (role, model spec, dataset)
     for cell in cells:
@@ -88,7 +89,7 @@ def check_layer_options(registry, cells):
             data = (spec.get("data") if role == "teacher" else None) or cell.config["data"]
             key = (role, json.dumps(spec, sort_keys=True, default=str), data["name"])
             if key not in models:
-                raw = load_source(registry, data)
+                raw = data_cache.source(data)
                 info = {"num_classes": raw.num_classes, "in_channels": raw.train_x.shape[1], "image_size": raw.train_x.shape[2]}
                 options = model_options(spec) if role == "teacher" else {k: v for k, v in spec.items() if k != "model"}
                 models[key] = module_paths(registry.build_model(f"{role}s", spec["model"], info, **options))

@@ -89,7 +89,7 @@ def train_and_measure(session, job, on_epoch=None):
     prepare = functools.partial(
         engine.prepare,
         registry=registry, role="students", model_spec=config["student"], method_name=cell.method,
-        method_options={k: v for k, v in config["method"].items() if k != "name"}, data_cfg=config["data"],
+        method_options={k: v for k, v in config["method"].items() if k != "name"}, data_cfg=config["data"], data_cache=session.data,
         train_cfg=config["train"], seed=job.seed, device=device, run_dir=job.folder, teacher=teacher,
         teacher_loader=cache.get_partial(config["data"]), ddp=distributed.active(),
     )

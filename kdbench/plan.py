@@ -39,7 +39,8 @@ class Planner:
         self.cache_root = (Path(cache).expanduser() if cache else default_cache_dir()) / "teachers"
         # loads the teachers that are files (--teacher PATH, shipped, downloaded) as run does, with
         # its checks and errors; what a load writes (evaluation output) goes to the folder ``scratch``
-        self.files = TeacherCache(scratch, registry, device, stores=stores)
+        self.data = engine.DataCache(registry)  # its own: timing changes a bundle's state in place
+        self.files = TeacherCache(scratch, registry, device, stores=stores, data=self.data)
         self.teacher_path = teacher_path
         self.timings = {}  # what shapes a run's cost -> Timing
         self.teachers = {}  # cache key -> {"spec", "cached", "params", "timing", "used_by"}
@@ -101,7 +102,7 @@ class Planner:
         with tempfile.TemporaryDirectory(prefix="kdbench-plan-") as run_dir:
             method, ctx = engine.prepare(
                 registry=self.registry, role=role, model_spec=model_spec, method_name=method_name,
-                method_options=method_options, data_cfg=data_cfg, train_cfg=train_cfg, seed=0, device=self.device,
+                method_options=method_options, data_cfg=data_cfg, data_cache=self.data, train_cfg=train_cfg, seed=0, device=self.device,
                 run_dir=run_dir, teacher=teacher, teacher_loader=self.loader(data_cfg, f"{method_name} ({role[:-1]})"))
             try:
                 if key not in self.timings:

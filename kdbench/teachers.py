@@ -57,10 +57,11 @@ def teacher_key(spec):
 
 
 class TeacherCache:
-    def __init__(self, root, registry, device, warn=None, stores=()):
+    def __init__(self, root, registry, device, warn=None, stores=(), data=None):
         self.root = Path(root).expanduser() / "teachers"
         self.stores = [Path(s) for s in stores]  # shipped teachers, read-only, searched first
         self.registry = registry
+        self.data = data or engine.DataCache(registry)  # the session's, or one of its own
         self.device = device
         self.warn = warn or (lambda msg: print(f"kdbench: {msg}", file=sys.stderr))
         self.loaded = {}  # key -> Teacher, so a process verifies each teacher once
@@ -121,7 +122,7 @@ class TeacherCache:
     def prepare(self, spec, run_dir):
         return engine.prepare(
             registry=self.registry, role="teachers", model_spec={"model": spec["model"]} | model_options(spec),
-            method_name=spec["method"], method_options=spec["method_options"], data_cfg=spec["data"],
+            method_name=spec["method"], method_options=spec["method_options"], data_cfg=spec["data"], data_cache=self.data,
             train_cfg=spec["train"], seed=spec["seed"], device=self.device, run_dir=run_dir,
             teacher_loader=self.get_partial(spec["data"]),
         )

@@ -120,7 +120,7 @@ def test_method_contract(folder, name, tmp_path, tmp_path_factory, no_onednn):
 
     def prepare(run_dir):
         return engine.prepare(registry=registry, **spec, method_name=name, seed=0, device=device, run_dir=tmp_path / run_dir,
-                              teacher=teacher, teacher_loader=cache.get_partial(spec["data_cfg"]))
+                              teacher=teacher, teacher_loader=cache.get_partial(spec["data_cfg"]), data_cache=cache.data)
 
     built = []
     method, ctx = prepare("straight")
