@@ -18,6 +18,7 @@ def readme(root, plugin):
     return text
 
 
+@pytest.mark.slow
 def test_report_reruns_the_block_and_writes_intervals_machine_and_settings(tmp_path):
     plugin = write_plugin(tmp_path / "softkd")
     readme(tmp_path, plugin)

@@ -25,6 +25,7 @@ def records(tmp_path):
     return read_records(tmp_path / "runs")
 
 
+@pytest.mark.slow
 def test_teacher_is_trained_once_and_reused(plugin_dir, cli, tmp_path):
     code, _, err = cli("run", str(plugin_dir), *GRID)
     assert code == 0, err
@@ -44,6 +45,7 @@ def test_teacher_is_trained_once_and_reused(plugin_dir, cli, tmp_path):
     assert code == 0 and "training teacher" in err and len(cached_files(tmp_path)) == 2
 
 
+@pytest.mark.slow
 def test_corrupt_or_truncated_teacher_is_reported_and_retrained(plugin_dir, cli, tmp_path):
     assert cli("run", str(plugin_dir), *GRID)[0] == 0
     [weights] = cached_files(tmp_path)
@@ -117,6 +119,7 @@ def ship_teachers(plugin_dir, cli, tmp_path):
     return store / weights.parent.name
 
 
+@pytest.mark.slow
 def test_a_shipped_teacher_is_loaded_instead_of_trained(plugin_dir, cli, tmp_path):
     shipped = ship_teachers(plugin_dir, cli, tmp_path)
     digest = json.loads((shipped / "meta.json").read_text())["sha256"]
@@ -132,6 +135,7 @@ def test_a_shipped_teacher_is_loaded_instead_of_trained(plugin_dir, cli, tmp_pat
     assert code == 0 and "training teacher" in err and len(cached_files(tmp_path)) == 1
 
 
+@pytest.mark.slow
 def test_a_damaged_shipped_teacher_stops_the_grid_and_is_kept(plugin_dir, cli, tmp_path):
     shipped = ship_teachers(plugin_dir, cli, tmp_path)
     weights = shipped / "teacher.pt"
