@@ -35,8 +35,10 @@ print(digest.hexdigest())
 PY
 }
 installed_here() {  # kdbench imported from outside this folder is this folder's, and its op loads
+  local here
+  here="$(pwd -P)"
   (cd / && python -c "import sys, kdbench, kdbench_ext; from pathlib import Path
-sys.exit(not (Path(kdbench.__file__).resolve().parents[1] == Path(sys.argv[1]) and kdbench_ext.available()))" "$(pwd -P)") 2>/dev/null
+sys.exit(not (Path(kdbench.__file__).resolve().parents[1] == Path(sys.argv[1]) and kdbench_ext.available()))" "$here") 2>/dev/null
 }
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(stamp)" ] && installed_here; then
   echo "install.sh: kdbench is installed from this folder and its compiled op is current; nothing to do (delete $STAMP to reinstall)"
