@@ -57,13 +57,6 @@ def speed_at(speed):
     return f"{speed.get('device_name')} b{speed.get('throughput_batch')} {speed.get('dtype')}" if speed else None
 
 
-def method_params(record):
-    """The parameters of the method's own modules (regressors, heads, ...; ``record["method_params"]``,
-    never the student's), summed; None for a record made before records reported them."""
-    modules = record.get("method_params")
-    return sum(modules.values()) if isinstance(modules, dict) else None
-
-
 def step_time_s(record):
     """Train seconds per step: ``train_time_s / (epochs * steps_per_epoch)`` (the training loop's
     wall time, the per-epoch validation passes included); None when the record lacks one."""
@@ -98,7 +91,6 @@ def flatten(record):
         "latency_ms": speed.get("latency_ms"),
         "speed_at": speed_at(speed),
         "train_time_s": record.get("train_time_s"),
-        "method_params": method_params(record),
         "step_time_s": step_time_s(record),
         "stale": record.get("stale") or "",
         "identity": record.get("identity"),
