@@ -264,3 +264,12 @@ def cli(tmp_path, capsys):
         return code, captured.out, captured.err
 
     return run
+
+
+def sigint_default():
+    """``preexec_fn`` for a child the test will Ctrl-C: a suite started in the background (``cmd &``,
+    nohup, some CI runners) hands its children SIGINT ignored, and Python then installs no
+    KeyboardInterrupt handler, so the signal would be lost and the test would wait for ever."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

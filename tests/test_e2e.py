@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import HOLDING_PLUGIN, REPO, THIRD_PARTY_PLUGIN, write_plugin
+from conftest import HOLDING_PLUGIN, REPO, THIRD_PARTY_PLUGIN, sigint_default, write_plugin
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +63,7 @@ def start_held(command, tmp_path, hold):
     marker = tmp_path / "held"
     env = dict(os.environ, PYTHONPATH=str(REPO), KDBENCH_QUIET="1", KDBENCH_TEST_HOLD=f"{hold[0]}:{hold[1]}:{marker}")
     log = open(tmp_path / "held.log", "w+")
-    proc = subprocess.Popen(command, env=env, stdout=log, stderr=log, text=True)
+    proc = subprocess.Popen(command, env=env, stdout=log, stderr=log, text=True, preexec_fn=sigint_default)
     while not marker.exists():
         assert proc.poll() is None, (tmp_path / "held.log").read_text()
         time.sleep(0.2)
@@ -76,7 +76,7 @@ def test_ctrl_c_then_rerun_resumes(tmp_path):
                "--set", "train.epochs=3", "--out", str(tmp_path / "runs"), "--cache", str(tmp_path / "cache")]
     proc = start_held(command, tmp_path, (8, 1))  # the last cell, in its second epoch
     proc.send_signal(signal.SIGINT)
-    assert proc.wait() == 130, (tmp_path / "held.log").read_text()
+    assert proc.wait(timeout=900) == 130, (tmp_path / "held.log").read_text()  # timeout: a hang guard only
     assert "Rerun the same command to resume" in (tmp_path / "held.log").read_text()
     finished = [json.loads(p.read_text())["labels"] for p in (tmp_path / "runs").rglob("record.json")]
     assert sorted(labels.get("temperature", "-") for labels in finished) == ["-", "2", "4"]

@@ -128,7 +128,7 @@ def start_held_grid(tmp_path):
     import sys
     import time
 
-    from conftest import REPO
+    from conftest import REPO, sigint_default
 
     folder = write_plugin(tmp_path / "softkd", plugin=HOLDING, toml=THIRD_PARTY_TOML.replace('"soft-kd"]', '"soft-kd", "holding"]'))
     hold = tmp_path / "hold"
@@ -139,7 +139,7 @@ def start_held_grid(tmp_path):
                "--workers", "2", "--out", str(tmp_path / "runs"), "--cache", str(tmp_path / "cache")]
     # output to files: an orphan worker would hold a pipe open after its driver ends
     with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:
-        driver = subprocess.Popen(command, env=env, stdout=out, stderr=err, start_new_session=True)
+        driver = subprocess.Popen(command, env=env, stdout=out, stderr=err, start_new_session=True, preexec_fn=sigint_default)
     while len(held := list(hold.glob("held-*"))) < 2:  # both workers at the known point
         assert driver.poll() is None, (tmp_path / "err.txt").read_text()
         time.sleep(0.1)
@@ -189,7 +189,7 @@ def test_ctrl_c_with_workers_prints_one_clean_line(tmp_path):
 
     driver, workers = start_held_grid(tmp_path)
     os.killpg(driver.pid, signal.SIGINT)  # as a terminal sends Ctrl-C: to the driver and its workers
-    driver.wait()
+    driver.wait(timeout=900)  # a hang guard only
     for pid in workers:  # their output too is in err.txt
         wait_gone(pid)
     (tmp_path / "hold" / "release").touch()
